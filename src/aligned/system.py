@@ -1,0 +1,96 @@
+"""The one LightningModule: a layer-wise backbone trained with any objective."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from aligned.config import build
+from aligned.optim import adamw_with_warmup_cosine
+
+SPLITS = ("val", "test")
+
+
+def layer_key(split: str, layer: int) -> str:
+    """Metric key of one layer's accuracy, e.g. ``val_layers/acc_L03`` (layers 1..L)."""
+    return f"{split}_layers/acc_L{layer:02d}"
+
+
+def _plain(node: Any) -> Any:
+    """Configs are stored in checkpoints as plain containers, so they load without Hydra."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+class LayerwiseClassifier(L.LightningModule):
+    """Builds backbone and objective from their configs (so a checkpoint loads from its saved
+    hyper-parameters alone), trains with the objective, and tracks every layer's accuracy."""
+
+    def __init__(self, model: dict, loss: dict, optim: dict | None = None) -> None:
+        super().__init__()
+        model, loss, optim = _plain(model), _plain(loss), _plain(optim or {})
+        self.save_hyperparameters({"model": model, "loss": loss, "optim": optim})
+        self.backbone = build(model)
+        self.objective = build(
+            loss,
+            num_layers=self.backbone.num_layers,
+            feature_dim=self.backbone.feature_dim,
+            num_classes=self.backbone.num_classes,
+        )
+        self.optim = optim
+        # One metric per (split, layer): Lightning computes, syncs across ranks and resets them.
+        self.layer_accuracy = nn.ModuleDict({
+            split: nn.ModuleList(
+                MulticlassAccuracy(self.backbone.num_classes, average="micro")
+                for _ in range(self.backbone.num_layers)
+            )
+            for split in SPLITS
+        })
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.num_layers
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        """Per-layer logits (L, B, C)."""
+        features = self.backbone.layer_features(inputs)  # (L, B, D)
+        return self.objective.layer_logits(features, self.backbone.head)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, target = unpack(batch)
+        loss = self.objective(self(inputs), target, step=self.global_step)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(target))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Any, split: str) -> None:
+        inputs, target = unpack(batch)
+        logits = self(inputs)  # (L, B, C)
+        metrics = self.layer_accuracy[split]
+        for layer, (metric, layer_logits) in enumerate(zip(metrics, logits, strict=True), start=1):
+            metric.update(layer_logits, target)
+            self.log(layer_key(split, layer), metric, on_step=False, on_epoch=True)
+        self.log(f"{split}/acc", metrics[-1], on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self) -> dict:
+        return adamw_with_warmup_cosine(
+            self, total_steps=int(self.trainer.estimated_stepping_batches), **self.optim
+        )
+
+
+def unpack(batch: Any) -> tuple[Any, torch.Tensor]:
+    """(inputs, target) from an image batch ``(x, y)`` or a tokenised batch with ``labels``."""
+    if isinstance(batch, dict) or hasattr(batch, "keys"):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return inputs, batch["labels"]
+    inputs, target = batch
+    return inputs, target

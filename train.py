@@ -1,0 +1,29 @@
+"""Train a transformer whose one classifier works after every layer.
+
+    python train.py                                  # ViT, digits, aligned loss
+    python train.py loss=standard                    # baseline: last layer only
+    python train.py -m loss=standard,aligned seed=0,1,2
+"""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from aligned.config import ConfigError
+from aligned.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        results = train(cfg)
+    except ConfigError as error:
+        logging.getLogger("train").error("%s", error)
+        sys.exit(2)
+    return results["final_accuracy"]["val"]
+
+
+if __name__ == "__main__":
+    main()
