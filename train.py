@@ -5,7 +5,6 @@
     python train.py -m loss=standard,aligned seed=0,1,2
 """
 
-import logging
 import sys
 
 import hydra
@@ -20,7 +19,7 @@ def main(cfg: DictConfig) -> float:
     try:
         results = train(cfg)
     except ConfigError as error:
-        logging.getLogger("train").error("%s", error)
+        print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
     return results["final_accuracy"]["val"]
 

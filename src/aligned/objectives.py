@@ -45,7 +45,9 @@ def layer_weights(weighting: str | Sequence[float], num_layers: int) -> torch.Te
                 f"layers; give exactly one weight per layer."
             )
         if (weights < 0).any() or not torch.isfinite(weights).all():
-            raise ConfigError(f"loss.weighting must be finite and non-negative, got {list(weighting)}.")
+            raise ConfigError(
+                f"loss.weighting must be finite and non-negative, got {list(weighting)}."
+            )
         if weights.sum() == 0:
             raise ConfigError("loss.weighting is all zeros; at least one layer needs a weight.")
     return (weights / weights.sum()).float()
@@ -72,7 +74,9 @@ class LayerwiseObjective(nn.Module):
     def weights_at(self, step: int) -> torch.Tensor:
         return self.weights
 
-    def forward(self, layer_logits: torch.Tensor, target: torch.Tensor, step: int = 0) -> torch.Tensor:
+    def forward(
+        self, layer_logits: torch.Tensor, target: torch.Tensor, step: int = 0
+    ) -> torch.Tensor:
         weights = self.weights_at(step)
         used = weights.nonzero().squeeze(1)  # skip zero-weight layers (standard: only the last)
         logits = layer_logits[used]  # (K, B, C)

@@ -26,7 +26,10 @@ def adamw_with_warmup_cosine(
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=lr,
         betas=tuple(betas),
     )

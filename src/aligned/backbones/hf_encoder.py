@@ -6,7 +6,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, BertForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+)
 
 from aligned.backbones.base import LayerwiseBackbone
 from aligned.config import ConfigError
@@ -87,7 +91,9 @@ def _load(name_or_path: str, num_classes: int, pretrained: bool) -> torch.nn.Mod
     transformers.logging.set_verbosity_error()  # the new classifier's "newly initialized" notice
     try:
         if pretrained:
-            return AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_classes)
+            return AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=num_classes
+            )
         config = AutoConfig.from_pretrained(source, num_labels=num_classes)
         return AutoModelForSequenceClassification.from_config(config)
     except OSError as error:

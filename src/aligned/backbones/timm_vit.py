@@ -19,7 +19,8 @@ class TimmViT(LayerwiseBackbone):
     norm, then CLS or average pooling, then ``fc_norm`` (where avg-pool models keep their norm)
     and ``head_drop``. The shared head is the model's own ``head`` linear layer.
 
-    ``checkpoint_path`` loads pretrained weights from a local file (offline use);
+    ``checkpoint_path`` loads the pretrained weights from a local file instead of the hub (offline
+    use); as with hub weights, the classifier is re-initialised when the class count differs;
     extra keyword arguments go to ``timm.create_model`` (e.g. depth, embed_dim, patch_size).
     """
 
@@ -37,7 +38,8 @@ class TimmViT(LayerwiseBackbone):
         if not timm.is_model(name):
             raise ConfigError(
                 f"Unknown timm model '{name}'. Pick a Vision Transformer name from "
-                f"timm.list_models('vit_*') or timm.list_models('deit_*'), e.g. vit_small_patch16_224."
+                "timm.list_models('vit_*') or timm.list_models('deit_*'), "
+                "e.g. vit_small_patch16_224."
             )
         if img_size is not None:
             timm_kwargs["img_size"] = img_size

@@ -1,0 +1,47 @@
+"""Shared test helpers: compose the real Hydra configs, shrunk to run in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# A 2-block ViT and a couple of batches: every test run of train() takes a few seconds.
+TINY = [
+    "model.depth=2",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "logger=none",
+]
+
+
+def compose_train(overrides: list[str], run_dir: Path) -> DictConfig:
+    """The real ``conf/train.yaml`` with overrides, as ``train.py`` would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.choices.*}
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture
+def tiny_train_cfg(tmp_path: Path):
+    def make(*overrides: str) -> DictConfig:
+        return compose_train([*TINY, *overrides], tmp_path / "run")
+
+    return make

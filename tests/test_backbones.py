@@ -1,0 +1,156 @@
+"""Golden equivalence: the shared head on the last layer reproduces each backbone's own logits."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+)
+
+from aligned.backbones.hf_encoder import HFEncoder
+from aligned.backbones.timm_vit import TimmViT
+from aligned.config import ConfigError
+
+TINY_VIT = dict(img_size=8, in_chans=1, patch_size=4, embed_dim=32, depth=3, num_heads=2)
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("vit_tiny_patch16_224", {}),  # CLS token
+        ("vit_tiny_patch16_224", {"global_pool": "avg"}),  # avg pool, norm lives in fc_norm
+        ("deit_tiny_patch16_224", {}),
+    ],
+)
+def test_vit_shared_head_on_last_layer_equals_native_logits(name, extra):
+    torch.manual_seed(0)
+    backbone = TimmViT(name, num_classes=5, **TINY_VIT, **extra).eval()
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        layer_logits = backbone(images)  # (L, B, C)
+        native = backbone.model(images)
+    assert layer_logits.shape == (3, 4, 5)
+    torch.testing.assert_close(layer_logits[-1], native)
+    # Earlier layers are genuinely different read-outs, not copies of the last one.
+    assert not torch.allclose(layer_logits[0], native)
+
+
+def test_vit_features_match_timm_forward_intermediates():
+    torch.manual_seed(0)
+    backbone = TimmViT("vit_tiny_patch16_224", num_classes=5, **TINY_VIT).eval()
+    images = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        ours = backbone.layer_features(images)
+        spatial, prefix = zip(
+            *backbone.model.forward_intermediates(
+                images, norm=True, output_fmt="NLC", return_prefix_tokens=True,
+                intermediates_only=True,
+            ), strict=True,
+        )
+    for layer, (cls, _) in enumerate(zip(prefix, spatial, strict=True)):
+        torch.testing.assert_close(ours[layer], cls[:, 0])
+
+
+def test_vit_loads_local_pretrained_weights_and_starts_a_new_classifier(tmp_path):
+    """A local copy of ImageNet-style weights (1000 classes) fine-tuned on 5 classes."""
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=1000, **TINY_VIT)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(1)
+    loaded = TimmViT("vit_tiny_patch16_224", num_classes=5, checkpoint_path=str(path), **TINY_VIT)
+    state = loaded.model.state_dict()
+    for name, tensor in source.state_dict().items():
+        if name.startswith("head."):
+            assert state[name].shape[0] == 5
+        else:
+            torch.testing.assert_close(state[name], tensor)
+
+
+def test_vit_missing_checkpoint_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint_path"):
+        TimmViT("vit_tiny_patch16_224", num_classes=5, checkpoint_path=str(tmp_path / "no.pth"),
+                **TINY_VIT)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("resnet18", "supports timm VisionTransformer"), ("vit_nonexistent", "Unknown timm model")],
+)
+def test_unsupported_timm_models_are_rejected(name, message):
+    with pytest.raises(ConfigError, match=message):
+        TimmViT(name, num_classes=5)
+
+
+def test_distilled_deit_is_rejected():
+    with pytest.raises(ConfigError, match="VisionTransformerDistilled"):
+        TimmViT("deit_tiny_distilled_patch16_224", num_classes=5, **TINY_VIT)
+
+
+def tiny_bert_dir(tmp_path, num_labels=3):
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=num_labels,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    return str(tmp_path / "bert")
+
+
+def token_batch():
+    input_ids = torch.tensor([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "token_type_ids": torch.zeros_like(input_ids)}
+
+
+def test_bert_shared_head_on_last_layer_equals_native_logits(tmp_path):
+    backbone = HFEncoder(tiny_bert_dir(tmp_path), num_classes=3, pooling="cls").eval()
+    batch = token_batch()
+    with torch.no_grad():
+        layer_logits = backbone(batch)
+        native = backbone.model(**batch).logits
+    assert layer_logits.shape == (3, 2, 3)
+    torch.testing.assert_close(layer_logits[-1], native)
+
+
+def test_bert_loads_saved_weights(tmp_path):
+    path = tiny_bert_dir(tmp_path)
+    reference = BertForSequenceClassification.from_pretrained(path)
+    backbone = HFEncoder(path, num_classes=3)
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(backbone.model.state_dict()[name], tensor)
+
+
+def test_bert_mean_pooling_is_masked_mean_then_pooler(tmp_path):
+    backbone = HFEncoder(tiny_bert_dir(tmp_path), num_classes=3, pooling="mean").eval()
+    batch = token_batch()
+    with torch.no_grad():
+        features = backbone.layer_features(batch)
+        hidden = backbone.model.bert(**batch, output_hidden_states=True).hidden_states
+        second = hidden[2][1, :3].mean(0)  # layer 2, sample 1 has 3 real tokens
+        pooler = backbone.model.bert.pooler
+        expected = torch.tanh(pooler.dense(second))
+    torch.testing.assert_close(features[1, 1], expected)
+
+
+def test_non_bert_encoder_is_rejected(tmp_path):
+    config = DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32)
+    DistilBertForSequenceClassification(config).save_pretrained(tmp_path / "distil")
+    with pytest.raises(ConfigError, match="supports BERT-family"):
+        HFEncoder(str(tmp_path / "distil"), num_classes=2)
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        HFEncoder(str(tmp_path / "nowhere"), num_classes=2)
+
+
+def test_unknown_pooling_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="pooling"):
+        HFEncoder(tiny_bert_dir(tmp_path), num_classes=3, pooling="max")

@@ -1,0 +1,101 @@
+"""The real configs composed through Hydra and the real entry point, run end to end, tiny."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY
+
+from aligned.config import ConfigError
+from aligned.system import LayerwiseClassifier
+from aligned.training import train
+
+RESULT_KEYS = {
+    "model", "data", "loss", "seed", "num_layers", "layer_accuracy", "final_accuracy",
+    "train_time_s", "checkpoint",
+}
+
+
+@pytest.mark.parametrize("loss", ["aligned", "standard", "multiexit"])
+def test_train_writes_results_for_every_objective(tiny_train_cfg, loss):
+    cfg = tiny_train_cfg(f"loss={loss}")
+    results = train(cfg)
+    written = json.loads((Path(cfg.run_dir) / "results.json").read_text())
+    assert written == results
+    assert set(written) == RESULT_KEYS
+    assert (written["model"], written["data"], written["loss"]) == ("vit", "digits", loss)
+    assert written["num_layers"] == 2
+    for split in ("val", "test"):
+        layers = written["layer_accuracy"][split]
+        assert len(layers) == 2 and all(0.0 <= a <= 1.0 for a in layers)
+        assert written["final_accuracy"][split] == layers[-1]
+    assert Path(written["checkpoint"]).is_file()
+
+
+def test_checkpoint_loads_from_its_saved_config_alone(tiny_train_cfg):
+    cfg = tiny_train_cfg("loss=multiexit")
+    results = train(cfg)
+    system = LayerwiseClassifier.load_from_checkpoint(results["checkpoint"]).eval()
+    state = torch.load(results["checkpoint"], weights_only=False)["state_dict"]
+    for name, tensor in system.state_dict().items():
+        torch.testing.assert_close(tensor, state[name])
+    assert system.objective.extra_parameters() == (2 - 1) * (10 * 32 + 10)
+    logits = system(torch.randn(3, 1, 8, 8))
+    assert logits.shape == (2, 3, 10)
+
+
+def test_per_layer_metrics_are_logged_per_epoch(tiny_train_cfg):
+    cfg = tiny_train_cfg("logger=csv", "trainer.max_epochs=2", "trainer.log_every_n_steps=1")
+    train(cfg)
+    with open(Path(cfg.run_dir) / "csv" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    keys = set(rows[0])
+    assert {"val/acc", "val_layers/acc_L01", "val_layers/acc_L02", "train/loss"} <= keys
+    # Per-layer values appear once per epoch (2 epochs, then the best checkpoint's final
+    # validation), never at every step; the test split has its own section.
+    assert sum(1 for row in rows if row["val_layers/acc_L01"]) == 3
+    assert sum(1 for row in rows if row.get("test_layers/acc_L02")) == 1
+
+
+def test_class_mismatch_between_model_and_data_is_a_clear_error(tiny_train_cfg):
+    with pytest.raises(ConfigError, match="predicts 5 classes but the data has 10"):
+        train(tiny_train_cfg("model.num_classes=5"))
+
+
+def run_train_py(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "train.py", *TINY, f"hydra.run.dir={tmp_path}/run", *overrides],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_train_py_end_to_end(tmp_path):
+    done = run_train_py(tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Layer-wise accuracy: model=vit data=digits loss=aligned seed=0" in done.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results) == RESULT_KEYS
+    assert Path(results["checkpoint"]).parent == tmp_path / "run" / "checkpoints"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.weighting=[1,2,3]", "loss.weighting has 3 weights but the model has 2 layers"),
+        ("model.num_classes=5", "predicts 5 classes but the data has 10"),
+        ("model=nonexistent", "Could not find 'model/nonexistent'"),
+    ],
+)
+def test_user_errors_give_one_clear_message(tmp_path, override, message):
+    done = run_train_py(override, tmp_path=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
