@@ -1,0 +1,1 @@
+"""Lightning data modules; each exposes ``num_classes`` and yields (inputs, target) batches."""

@@ -1,0 +1,111 @@
+"""scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, 10 classes, no download."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, TensorDataset
+
+from aligned.config import ConfigError
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 8
+IN_CHANS = 1
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """Digits as 1x8x8 images, standardised with the train split's mean and std.
+
+    Training batches are augmented with random translations of up to ``max_shift`` pixels
+    (zero padding), the usual augmentation for digits; ``max_shift=0`` turns it off.
+    The train/val/test split is stratified and depends only on ``split_seed`` (not on the
+    training seed), so runs with different seeds are evaluated on the same images.
+    ``num_classes``, ``image_size`` and ``in_chans`` are facts of this data set that model configs
+    interpolate; they are checked, and ``image_size`` may upsample (bilinear) for larger patches.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        num_classes: int = NUM_CLASSES,
+        image_size: int = IMAGE_SIZE,
+        in_chans: int = IN_CHANS,
+        max_shift: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_classes != NUM_CLASSES or in_chans != IN_CHANS:
+            raise ConfigError(
+                f"Digits has {NUM_CLASSES} classes and {IN_CHANS} channel; got "
+                f"data.num_classes={num_classes}, data.in_chans={in_chans}. Remove these overrides."
+            )
+        if not 0 < val_fraction + test_fraction < 1:
+            raise ConfigError("data.val_fraction + data.test_fraction must be between 0 and 1.")
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.max_shift = max_shift
+        self.splits: dict[str, TensorDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        digits = load_digits()
+        images = digits.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
+        labels = digits.target.astype(np.int64)
+        index = np.arange(len(labels))
+        train_val, test = train_test_split(
+            index, test_size=self.test_fraction, stratify=labels, random_state=self.split_seed
+        )
+        train, val = train_test_split(
+            train_val,
+            test_size=self.val_fraction / (1 - self.test_fraction),
+            stratify=labels[train_val],
+            random_state=self.split_seed,
+        )
+        x = torch.from_numpy(images)
+        if self.image_size != IMAGE_SIZE:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        mean, std = x[train].mean(), x[train].std()
+        x = (x - mean) / std
+        y = torch.from_numpy(labels)
+        self.splits = {
+            name: TensorDataset(x[idx], y[idx])
+            for name, idx in (("train", train), ("val", val), ("test", test))
+        }
+
+    def on_after_batch_transfer(self, batch: list, dataloader_idx: int) -> list:
+        if self.trainer is not None and self.trainer.training and self.max_shift > 0:
+            images, labels = batch
+            batch = [random_shift(images, self.max_shift), labels]
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["train"], batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["val"], batch_size=256)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["test"], batch_size=256)
+
+
+def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image (B, C, H, W) by its own random offset in [-max_shift, max_shift]."""
+    b, _, h, w = images.shape
+    # Pad with the background value (the minimum after standardisation), then crop.
+    padded = F.pad(images, [max_shift] * 4, value=images.min().item())
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b), device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch_index = torch.arange(b, device=images.device)[:, None, None, None]
+    return padded[batch_index, torch.arange(images.shape[1])[None, :, None, None], rows, cols]
