@@ -10,6 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import aligned.resolvers  # noqa: F401  (registers ${minilm_path:} etc. before Hydra composes)
 from aligned.config import ConfigError
 from aligned.training import train
 

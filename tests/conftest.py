@@ -10,6 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import aligned.resolvers  # noqa: F401  (the configs' resolvers, as train.py registers them)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

@@ -1,6 +1,6 @@
 """Training objectives over the stack of per-layer logits (METHOD.md §3).
 
-    loss = Σ_{l=1..L} α_l · CE(head(h_l), y)
+    loss = Σ_{l=1..L} α_l · CE(head(h_l), y)      (MSE instead of CE for regression)
 
 - ``StandardObjective``: α = (0, ..., 0, 1), cross-entropy on the last layer only.
 - ``AlignedObjective``: one shared head, α_l = 2l / (L(L+1)) by default (``linear``), or
@@ -53,6 +53,19 @@ def layer_weights(weighting: str | Sequence[float], num_layers: int) -> torch.Te
     return (weights / weights.sum()).float()
 
 
+def layer_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Loss of each layer's logits (K, B, C) -> (K,): cross-entropy, or MSE when C == 1
+    (regression, e.g. STS-B, as Hugging Face's sequence classifiers do)."""
+    layers = logits.shape[0]
+    if logits.shape[-1] == 1:
+        scores = logits.squeeze(-1)  # (K, B)
+        target = target.to(scores.dtype).expand_as(scores)
+        return F.mse_loss(scores, target, reduction="none").mean(1)
+    return F.cross_entropy(
+        logits.flatten(0, 1), target.repeat(layers), reduction="none"
+    ).view(layers, -1).mean(1)
+
+
 class LayerwiseObjective(nn.Module):
     """Weighted cross-entropy over layers; subclasses choose the weights and the heads."""
 
@@ -80,10 +93,7 @@ class LayerwiseObjective(nn.Module):
         weights = self.weights_at(step)
         used = weights.nonzero().squeeze(1)  # skip zero-weight layers (standard: only the last)
         logits = layer_logits[used]  # (K, B, C)
-        per_layer = F.cross_entropy(
-            logits.flatten(0, 1), target.repeat(len(used)), reduction="none"
-        ).view(len(used), -1).mean(1)  # (K,)
-        return (weights[used] * per_layer).sum()
+        return (weights[used] * layer_losses(logits, target)).sum()
 
 
 class StandardObjective(LayerwiseObjective):

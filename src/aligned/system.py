@@ -8,17 +8,22 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from aligned.config import build
+from aligned.metrics import METRIC_KEYS, build_metric, metric_input
 from aligned.optim import adamw_with_warmup_cosine
 
 SPLITS = ("val", "test")
 
 
-def layer_key(split: str, layer: int) -> str:
-    """Metric key of one layer's accuracy, e.g. ``val_layers/acc_L03`` (layers 1..L)."""
-    return f"{split}_layers/acc_L{layer:02d}"
+def layer_key(split: str, layer: int, metric: str = "accuracy") -> str:
+    """Logged key of one layer's metric, e.g. ``val_layers/acc_L03`` (layers 1..L)."""
+    return f"{split}_layers/{METRIC_KEYS[metric]}_L{layer:02d}"
+
+
+def headline_key(split: str, metric: str = "accuracy") -> str:
+    """Logged key of the final layer's metric, e.g. ``val/acc``."""
+    return f"{split}/{METRIC_KEYS[metric]}"
 
 
 def _plain(node: Any) -> Any:
@@ -28,12 +33,25 @@ def _plain(node: Any) -> Any:
 
 class LayerwiseClassifier(L.LightningModule):
     """Builds backbone and objective from their configs (so a checkpoint loads from its saved
-    hyper-parameters alone), trains with the objective, and tracks every layer's accuracy."""
+    hyper-parameters alone), trains with the objective, and tracks every layer's metrics.
 
-    def __init__(self, model: dict, loss: dict, optim: dict | None = None) -> None:
+    ``metrics`` come from the data (accuracy by default; GLUE tasks name theirs); the first
+    is the headline. A model with one output is a regression (STS-B).
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        optim: dict | None = None,
+        metrics: tuple[str, ...] | list[str] = ("accuracy",),
+    ) -> None:
         super().__init__()
         model, loss, optim = _plain(model), _plain(loss), _plain(optim or {})
-        self.save_hyperparameters({"model": model, "loss": loss, "optim": optim})
+        self.metric_names = tuple(metrics)
+        self.save_hyperparameters(
+            {"model": model, "loss": loss, "optim": optim, "metrics": list(self.metric_names)}
+        )
         self.backbone = build(model)
         self.objective = build(
             loss,
@@ -42,13 +60,15 @@ class LayerwiseClassifier(L.LightningModule):
             num_classes=self.backbone.num_classes,
         )
         self.optim = optim
-        # One metric per (split, layer): Lightning computes, syncs across ranks and resets them.
-        self.layer_accuracy = nn.ModuleDict({
-            split: nn.ModuleList(
-                MulticlassAccuracy(self.backbone.num_classes, average="micro")
+        # One metric object per (split, metric, layer): Lightning computes, syncs across ranks
+        # and resets them at the end of each epoch.
+        self.layer_metrics = nn.ModuleDict({
+            f"{split}_{name}": nn.ModuleList(
+                build_metric(name, self.backbone.num_classes)
                 for _ in range(self.backbone.num_layers)
             )
             for split in SPLITS
+            for name in self.metric_names
         })
 
     @property
@@ -75,11 +95,14 @@ class LayerwiseClassifier(L.LightningModule):
     def _evaluate(self, batch: Any, split: str) -> None:
         inputs, target = unpack(batch)
         logits = self(inputs)  # (L, B, C)
-        metrics = self.layer_accuracy[split]
-        for layer, (metric, layer_logits) in enumerate(zip(metrics, logits, strict=True), start=1):
-            metric.update(layer_logits, target)
-            self.log(layer_key(split, layer), metric, on_step=False, on_epoch=True)
-        self.log(f"{split}/acc", metrics[-1], on_step=False, on_epoch=True, prog_bar=True)
+        predictions = [metric_input(layer_logits) for layer_logits in logits]
+        for name in self.metric_names:
+            metrics = self.layer_metrics[f"{split}_{name}"]
+            for layer, (metric, pred) in enumerate(zip(metrics, predictions, strict=True), start=1):
+                metric.update(pred, target)
+                self.log(layer_key(split, layer, name), metric, on_step=False, on_epoch=True)
+            self.log(headline_key(split, name), metrics[-1], on_step=False, on_epoch=True,
+                     prog_bar=name == self.metric_names[0])
 
     def configure_optimizers(self) -> dict:
         return adamw_with_warmup_cosine(

