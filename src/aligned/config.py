@@ -12,6 +12,10 @@ class ConfigError(ValueError):
     """A configuration or input the user got wrong; the message says how to fix it."""
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite; the message says what to try."""
+
+
 def build(node: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that surfaces our own ConfigError instead of Hydra's wrapper.
 

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from aligned.config import build
+from aligned.config import TrainingDiverged, build
 from aligned.metrics import METRIC_KEYS, build_metric, metric_input
 from aligned.optim import adamw_with_warmup_cosine
 
@@ -83,6 +83,14 @@ class LayerwiseClassifier(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, target = unpack(batch)
         loss = self.objective(self(inputs), target, step=self.global_step)
+        if not torch.isfinite(loss):  # stop before a NaN reaches the weights or a checkpoint
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else None
+            raise TrainingDiverged(
+                f"The training loss became {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step} (learning rate {lr:.3g}). Lower optim.lr or check the data; "
+                "the checkpoints written so far are kept (resume=<run dir> continues from "
+                "last.ckpt)."
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(target))
         return loss
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, open_dict
 
+from aligned.callbacks import EpochSeed, RunConfigInCheckpoint
 from aligned.config import ConfigError, build
 from aligned.results import format_table, layer_values, write_results
 from aligned.system import LayerwiseClassifier, headline_key
@@ -19,9 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; returns the results dict."""
-    run_dir = Path(cfg.run_dir).resolve()
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; returns the results dict.
+
+    With ``cfg.resume`` (a run directory or a checkpoint file) training continues from that
+    checkpoint and writes into the resumed run's directory.
+    """
+    resume_from = resume_checkpoint(cfg.get("resume"))
+    run_dir = resume_from.parents[1] if resume_from else Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)  # loggers interpolate ${run_dir}
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
@@ -34,6 +43,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         system.num_layers, system.backbone.head_parameters(), extra,
     )
 
+    # The best epoch (by the headline val metric) and last.ckpt, rewritten every epoch: the
+    # point a killed run resumes from.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}",
@@ -43,19 +54,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_last=True,
     )
     logger = build(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = build(
-        cfg.trainer,
-        default_root_dir=str(run_dir),
-        logger=logger,
-        callbacks=[checkpoint, RunConfigInCheckpoint(cfg)],
-    )
+    callbacks = [checkpoint, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed)]
+    try:
+        trainer: L.Trainer = build(
+            cfg.trainer, default_root_dir=str(run_dir), logger=logger, callbacks=callbacks
+        )
+    except MisconfigurationException as error:
+        raise ConfigError(
+            f"The trainer settings do not fit this machine: {error} Set trainer.accelerator "
+            "and trainer.devices to what it has (e.g. trainer.accelerator=cpu trainer.devices=1)."
+        ) from None
     if logger:
         logger.log_hyperparams({"objective_extra_parameters": extra})
 
     start = time.perf_counter()
-    trainer.fit(system, datamodule=datamodule)
-    train_time = time.perf_counter() - start
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
+        train_time = time.perf_counter() - start
+        results = evaluate_best(trainer, system, datamodule, checkpoint, cfg, metrics, train_time)
+    finally:
+        finish_wandb(logger)
+    if trainer.is_global_zero:
+        write_results(run_dir / "results.json", results)
+        print(format_table(results))
+    return results
 
+
+def evaluate_best(trainer, system, datamodule, checkpoint, cfg, metrics, train_time) -> dict:
+    """Validate and test the best checkpoint; the results.json dict."""
     best = checkpoint.best_model_path or checkpoint.last_model_path
     val = trainer.validate(system, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test = trainer.test(system, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
@@ -85,22 +111,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                    for split, logged in (("val", val), ("test", test))}
             for name in metrics
         }
-    if trainer.is_global_zero:
-        write_results(run_dir / "results.json", results)
-        print(format_table(results))
     return results
 
 
-class RunConfigInCheckpoint(Callback):
-    """Stores the run's resolved config (data, names, seed, ...) in every checkpoint, so
-    ``evaluate.py`` can rebuild the data from a checkpoint file alone."""
+def resume_checkpoint(resume: str | None) -> Path | None:
+    """The checkpoint to resume from: ``<run dir>/checkpoints/last.ckpt`` or the given file."""
+    if not resume:
+        return None
+    path = Path(resume).expanduser().resolve()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(
+            f"Cannot resume: '{path}' does not exist. Pass resume=<run dir> (containing "
+            "checkpoints/last.ckpt) or resume=<path to a .ckpt file>."
+        )
+    return path
 
-    def __init__(self, cfg: DictConfig) -> None:
-        run = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-        self.run_config = OmegaConf.to_container(run, resolve=True)
 
-    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict):
-        checkpoint["run_config"] = self.run_config
+def finish_wandb(logger: Any) -> None:
+    """Close the W&B run so the next job of a multirun starts its own run (never merges)."""
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()
 
 
 def check_classes(system: LayerwiseClassifier, datamodule: Any) -> None:

@@ -1,0 +1,33 @@
+"""Lightning callbacks that make runs reproducible, resumable and self-describing."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+class RunConfigInCheckpoint(Callback):
+    """Stores the run's resolved config (data, names, seed, ...) in every checkpoint, so
+    ``evaluate.py`` can rebuild the data from a checkpoint file alone."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        run = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        self.run_config = OmegaConf.to_container(run, resolve=True)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict):
+        checkpoint["run_config"] = self.run_config
+
+
+class EpochSeed(Callback):
+    """Reseeds every RNG at the start of each epoch from (seed, epoch).
+
+    The epoch's shuffling, augmentation and dropout then do not depend on what ran before, so
+    a run resumed from an end-of-epoch checkpoint continues exactly as an uninterrupted one.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        L.seed_everything(self.seed + 1000 * trainer.current_epoch, workers=True, verbose=False)
