@@ -1,0 +1,54 @@
+"""Loading a trained model and its run config from a checkpoint file, with clear errors."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligned.config import ConfigError
+from aligned.system import LayerwiseClassifier
+
+TIMM_TARGET = "aligned.backbones.timm_vit.TimmViT"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt "
+            "(the path is printed at the end of train.py and stored in results.json)."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise ConfigError(
+            f"Checkpoint '{path}' cannot be read ({type(error).__name__}); the file is truncated "
+            "or not a PyTorch checkpoint. Use last.ckpt or another epoch's file."
+        ) from None
+    if not isinstance(checkpoint, dict) or "run_config" not in checkpoint:
+        raise ConfigError(
+            f"'{path}' is not a checkpoint written by aligned's train.py (it has no run config)."
+        )
+    return checkpoint
+
+
+def load_system(checkpoint: dict[str, Any]) -> LayerwiseClassifier:
+    """Rebuild the model from the config saved in the checkpoint, then load its weights."""
+    hparams = copy.deepcopy(checkpoint["hyper_parameters"])
+    if hparams["model"].get("_target_") == TIMM_TARGET:
+        # The trained weights follow; don't fetch the pretrained ones again.
+        hparams["model"].update(pretrained=False, checkpoint_path=None)
+    system = LayerwiseClassifier(**hparams)
+    try:
+        system.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ConfigError(
+            "The checkpoint's weights do not fit the model its config describes "
+            f"({str(error).splitlines()[0]})."
+        ) from None
+    return system.eval()

@@ -1,0 +1,99 @@
+"""Figures of a layer-wise evaluation; each takes one entry per model (name -> numbers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _layers(values: list) -> np.ndarray:
+    return np.arange(1, len(values) + 1)
+
+
+def accuracy_curve(summaries: dict[str, dict]) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, summary in summaries.items():
+        accuracy = 100 * np.asarray(summary["layer_accuracy"])
+        ax.plot(_layers(accuracy), accuracy, marker="o", label=name)
+    ax.set(xlabel="layer", ylabel="accuracy of the shared head (%)", title="Layer-wise accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def similarity_heatmaps(summaries: dict[str, dict]) -> Figure:
+    rows = len(summaries)
+    fig, axes = plt.subplots(rows, 2, figsize=(8, 3.6 * rows), squeeze=False)
+    for row, (name, summary) in enumerate(summaries.items()):
+        for col, kind in enumerate(("cos", "cka")):
+            matrix = np.asarray(summary["similarity"][kind])
+            ax = axes[row, col]
+            extent = (0.5, len(matrix) + 0.5, len(matrix) + 0.5, 0.5)
+            image = ax.imshow(matrix, vmin=min(0.0, matrix.min()), vmax=1.0, cmap="viridis",
+                              extent=extent)
+            ax.set(title=f"{name}: {kind.upper()}", xlabel="layer", ylabel="layer")
+            fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def cos_to_last_curve(summaries: dict[str, dict]) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, summary in summaries.items():
+        values = summary["cos_to_last"]
+        ax.plot(_layers(values), values, marker="o", label=name)
+    ax.set(xlabel="layer l", ylabel="COS(l, L)", title="Similarity to the last layer")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def saturation_histogram(summaries: dict[str, dict]) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    width = 0.8 / len(summaries)
+    for index, (name, summary) in enumerate(summaries.items()):
+        counts = np.asarray(summary["saturation"]["histogram"], dtype=float)
+        share = 100 * counts / counts.sum()
+        early = 100 * summary["saturation"]["early_fraction"]
+        ax.bar(_layers(counts) + (index - (len(summaries) - 1) / 2) * width, share, width,
+               label=f"{name} (early: {early:.1f}%)")
+    ax.set(xlabel="saturation layer", ylabel="samples (%)", title="Saturation layers")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def class_mean_pca(class_means: dict[str, np.ndarray]) -> Figure:
+    """Each layer's class-mean features projected on that layer's first two principal axes."""
+    rows = len(class_means)
+    num_layers = next(iter(class_means.values())).shape[0]
+    fig, axes = plt.subplots(rows, num_layers, figsize=(1.9 * num_layers, 2.1 * rows),
+                             squeeze=False)
+    for row, (name, means) in enumerate(class_means.items()):
+        for layer in range(num_layers):
+            centred = means[layer] - means[layer].mean(0)  # (C, D)
+            _, _, axes_pc = np.linalg.svd(centred, full_matrices=False)
+            points = centred @ axes_pc[:2].T  # (C, 2)
+            ax = axes[row, layer]
+            ax.scatter(points[:, 0], points[:, 1], c=np.arange(len(points)), cmap="tab10", s=18)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"layer {layer + 1}", fontsize=8)
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle("PCA of class-mean features per layer", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,101 @@
+"""evaluate.py end to end on tiny trained checkpoints, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aligned.training import train
+from conftest import ROOT, TINY, compose_train
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("runs")
+    # The whole val/test split, so results.json and evaluate.py see the same 360 test images.
+    overrides = [o for o in TINY if not o.startswith(("+trainer.limit_val", "+trainer.limit_test"))]
+    return {
+        loss: train(compose_train([*overrides, f"loss={loss}"], root / loss))["checkpoint"]
+        for loss in ("aligned", "standard")
+    }
+
+
+def run_evaluate(*overrides: str, out: Path, env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "evaluate.py", f"hydra.run.dir={out}", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
+
+
+def test_evaluate_writes_json_figures_and_report(checkpoints, tmp_path):
+    done = run_evaluate(f"ckpt_path={checkpoints['aligned']}",
+                        f"compare_to={checkpoints['standard']}", out=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    layers = 2
+    assert evaluation["names"]["loss"] == "aligned"
+    assert evaluation["num_samples"] == 360  # the digits test split
+    assert len(evaluation["layer_accuracy"]) == layers
+    for kind in ("cos", "cka"):
+        matrix = np.asarray(evaluation["similarity"][kind])
+        assert matrix.shape == (layers, layers)
+        np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-6)
+        np.testing.assert_allclose(matrix, matrix.T, atol=1e-9)
+    assert evaluation["cos_to_last"][-1] == pytest.approx(1.0)
+    saturation = evaluation["saturation"]
+    assert sum(saturation["histogram"]) == 360 and 0 <= saturation["early_fraction"] <= 1
+    assert 1 <= evaluation["minimal_depth"]["layer"] <= layers
+    assert isinstance(evaluation["monotone"]["value"], bool)
+    assert set(evaluation["cos_confidence_correlation"]) == {"pearson", "spearman"}
+    assert evaluation["compare_to"]["names"]["loss"] == "standard"
+    for figure in ("layer_accuracy", "similarity", "cos_to_last", "saturation", "class_mean_pca"):
+        assert (tmp_path / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"({figure}.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_layer_accuracy_matches_the_trained_model(checkpoints, tmp_path):
+    """evaluate.py's last-layer accuracy equals Lightning's test accuracy for the checkpoint."""
+    from aligned.checkpoints import load_system, read_checkpoint
+
+    done = run_evaluate(f"ckpt_path={checkpoints['aligned']}", out=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    results = json.loads((Path(checkpoints["aligned"]).parents[1] / "results.json").read_text())
+    np.testing.assert_allclose(evaluation["layer_accuracy"], results["layer_accuracy"]["test"])
+    system = load_system(read_checkpoint(checkpoints["aligned"]))
+    assert not system.training
+
+
+def test_evaluate_logs_to_wandb_offline(checkpoints, tmp_path):
+    done = run_evaluate(f"ckpt_path={checkpoints['aligned']}", "wandb=true", out=tmp_path,
+                        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = {path.name for path in runs[0].rglob("*")}
+    assert any(name.endswith(".wandb") for name in files)
+    assert any(name.startswith("layer_accuracy") and name.endswith(".png") for name in files)
+
+
+def test_missing_truncated_and_foreign_checkpoints_are_clear_errors(checkpoints, tmp_path):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(Path(checkpoints["aligned"]).read_bytes()[:2000])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    cases = {
+        tmp_path / "missing.ckpt": "does not exist",
+        truncated: "cannot be read",
+        foreign: "not a checkpoint written by aligned",
+    }
+    for path, message in cases.items():
+        done = run_evaluate(f"ckpt_path={path}", out=tmp_path / "out")
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert message in done.stderr and "Traceback" not in done.stderr
