@@ -38,7 +38,9 @@ def similarity_heatmaps(summaries: dict[str, dict]) -> Figure:
             extent = (0.5, len(matrix) + 0.5, len(matrix) + 0.5, 0.5)
             image = ax.imshow(matrix, vmin=min(0.0, matrix.min()), vmax=1.0, cmap="viridis",
                               extent=extent)
-            ax.set(title=f"{name}: {kind.upper()}", xlabel="layer", ylabel="layer")
+            ticks = _layers(matrix)
+            ax.set(title=f"{name}: {kind.upper()}", xlabel="layer", ylabel="layer",
+                   xticks=ticks, yticks=ticks)
             fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
