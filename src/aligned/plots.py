@@ -74,23 +74,29 @@ def saturation_histogram(summaries: dict[str, dict]) -> Figure:
 
 
 def class_mean_pca(class_means: dict[str, np.ndarray]) -> Figure:
-    """Each layer's class-mean features projected on that layer's first two principal axes."""
+    """Each layer's class-mean features on the last layer's first two principal axes.
+
+    Shared axes show how far each layer's class geometry is from the final one (the paper's
+    Fig. 1 a-b); features live in the same space at every depth, so the projection is defined.
+    """
     rows = len(class_means)
     num_layers = next(iter(class_means.values())).shape[0]
     fig, axes = plt.subplots(rows, num_layers, figsize=(1.9 * num_layers, 2.1 * rows),
                              squeeze=False)
     for row, (name, means) in enumerate(class_means.items()):
+        last = means[-1] - means[-1].mean(0)  # (C, D)
+        _, _, principal = np.linalg.svd(last, full_matrices=False)
         for layer in range(num_layers):
             centred = means[layer] - means[layer].mean(0)  # (C, D)
-            _, _, axes_pc = np.linalg.svd(centred, full_matrices=False)
-            points = centred @ axes_pc[:2].T  # (C, 2)
+            points = centred @ principal[:2].T  # (C, 2)
             ax = axes[row, layer]
             ax.scatter(points[:, 0], points[:, 1], c=np.arange(len(points)), cmap="tab10", s=18)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"layer {layer + 1}", fontsize=8)
         axes[row, 0].set_ylabel(name, fontsize=8)
-    fig.suptitle("PCA of class-mean features per layer", fontsize=9)
+    fig.suptitle("Class-mean features per layer, on the last layer's two principal axes",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 
