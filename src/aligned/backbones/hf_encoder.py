@@ -40,7 +40,8 @@ class HFEncoder(LayerwiseBackbone):
         if pooling not in POOLINGS:
             raise ConfigError(f"model.pooling must be one of {POOLINGS}, got '{pooling}'.")
         self.pooling = pooling
-        self.model = _load(name_or_path, num_classes, pretrained)
+        # from_pretrained returns eval mode; a fresh module trains (dropout on) like any other.
+        self.model = _load(name_or_path, num_classes, pretrained).train()
         if not isinstance(self.model, BertForSequenceClassification):
             raise ConfigError(
                 f"'{name_or_path}' builds a {type(self.model).__name__}; the layer-wise surface "

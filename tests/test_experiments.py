@@ -1,0 +1,99 @@
+"""Every experiment config composes and runs a couple of batches on tiny stand-ins (no network).
+
+Stand-ins replace only what cannot exist here: pretrained weights (a tiny randomly initialised
+model of the same family) and the data sets (tiny files in the real on-disk formats).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CONF, compose_train
+from test_glue_data import GLUE_FILES
+from test_vision_data import (
+    CLASSES,
+    trust_written_files,
+    write_cifar10,
+    write_cifar100,
+    write_image_tree,
+)
+from torchvision.datasets import CIFAR10, CIFAR100
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from aligned.training import train
+
+RUN_BRIEFLY = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "logger=none",
+]
+TINY_TIMM = ["model.pretrained=false", "+model.depth=2", "+model.embed_dim=32",
+             "+model.num_heads=2"]
+VISION = ["data.batch_size=4", "+data.num_workers=0"]
+
+
+def write_glue(root: Path) -> Path:
+    for task, files in GLUE_FILES.items():
+        (root / task).mkdir(parents=True)
+        for name, rows in files.items():
+            (root / task / name).write_text("".join("\t".join(r) + "\n" for r in rows))
+    return root
+
+
+def write_tiny_bert(path: Path) -> Path:
+    """A 2-layer random BERT with a WordPiece vocabulary over the test sentences."""
+    words = sorted({w for rows in GLUE_FILES["SST-2"].values() for row in rows
+                    for w in row[0].lower().replace(".", " . ").split()})
+    path.mkdir(parents=True)
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+                                               *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    tokenizer.save_pretrained(path)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def stand_ins(name: str, root: Path, monkeypatch) -> list[str]:
+    if name in ("deit_s_cifar10", "deit_s_cifar100"):
+        if name.endswith("100"):
+            write_cifar100(root / "cifar")
+            trust_written_files(monkeypatch, CIFAR100, root / "cifar" / "cifar-100-python")
+        else:
+            write_cifar10(root / "cifar")
+            trust_written_files(monkeypatch, CIFAR10, root / "cifar" / "cifar-10-batches-py")
+        return [*TINY_TIMM, *VISION, f"data.data_dir={root / 'cifar'}", "+data.val_size=10"]
+    if name == "vit_imagenet":
+        write_image_tree(root / "imagenet")
+        return [*TINY_TIMM, *VISION, f"data.data_dir={root / 'imagenet'}",
+                f"data.num_classes={len(CLASSES)}", "+data.val_fraction=0.25"]
+    glue = [f"data.data_dir={write_glue(root / 'glue')}", "data.batch_size=4"]
+    if name == "bert_glue":
+        return [*glue, f"model.name_or_path={write_tiny_bert(root / 'bert')}", "data.task=sst2"]
+    if name == "minilm_sst2":  # the real pretrained MiniLM ships with its package
+        return [*glue, "data.train_subset=null"]
+    raise AssertionError(f"add tiny stand-ins for the new experiment config '{name}'")
+
+
+EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_the_paper_setups_have_experiment_configs():
+    assert {"deit_s_cifar10", "deit_s_cifar100", "vit_imagenet", "bert_glue",
+            "minilm_sst2"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_on_tiny_stand_ins(name, tmp_path, monkeypatch):
+    overrides = [f"experiment={name}", *RUN_BRIEFLY, *stand_ins(name, tmp_path, monkeypatch)]
+    cfg = compose_train(overrides, tmp_path / "run")
+    results = train(cfg)
+    assert results["num_layers"] == (6 if name == "minilm_sst2" else 2)
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
