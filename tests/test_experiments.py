@@ -20,7 +20,7 @@ from test_vision_data import (
     write_image_tree,
 )
 from torchvision.datasets import CIFAR10, CIFAR100
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from aligned.training import train
 
@@ -53,8 +53,12 @@ def write_tiny_bert(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
                                                *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
-    tokenizer.save_pretrained(path)
+    # vocab.txt + tokenizer_config.json is the on-disk format AutoTokenizer reads.
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.convert_tokens_to_ids(words[0]) == 5  # the vocabulary was read
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
     BertForSequenceClassification(config).save_pretrained(path)
