@@ -157,6 +157,6 @@ def test_unknown_pooling_is_rejected(tmp_path):
 
 
 def test_bert_trains_with_dropout_like_any_new_module(tmp_path):
-    """from_pretrained hands back eval mode; the backbone must not silently train without dropout."""
+    """from_pretrained hands back eval mode; the backbone must not train without dropout."""
     backbone = HFEncoder(tiny_bert_dir(tmp_path), num_classes=3)
     assert backbone.training and all(module.training for module in backbone.modules())

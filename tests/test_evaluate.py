@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, TINY, compose_train
 
 from aligned.training import train
-from conftest import ROOT, TINY, compose_train
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def run_evaluate(*overrides: str, out: Path, env: dict | None = None):
 
 def test_evaluate_writes_json_figures_and_report(checkpoints, tmp_path):
     done = run_evaluate(f"ckpt_path={checkpoints['aligned']}",
-                        f"compare_to={checkpoints['standard']}", out=tmp_path)
+                        f"compare_to={checkpoints['standard']}", "early_exit.run=true",
+                        out=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
     layers = 2
@@ -56,7 +57,20 @@ def test_evaluate_writes_json_figures_and_report(checkpoints, tmp_path):
     assert isinstance(evaluation["monotone"]["value"], bool)
     assert set(evaluation["cos_confidence_correlation"]) == {"pearson", "spearman"}
     assert evaluation["compare_to"]["names"]["loss"] == "standard"
-    for figure in ("layer_accuracy", "similarity", "cos_to_last", "saturation", "class_mean_pca"):
+    for model in (evaluation, evaluation["compare_to"]):
+        early_exit = model["early_exit"]
+        assert set(early_exit["rules"]) == {"confidence", "entropy", "patience", "state", "budget"}
+        for entry in early_exit["rules"].values():
+            assert entry["val_curve"] and entry["test_curve"]
+            chosen = entry["chosen"]  # chosen on val (360 images), measured on test
+            assert 1 <= chosen["mean_exit_layer"] <= layers
+            assert chosen["speedup"] == pytest.approx(layers / chosen["mean_exit_layer"])
+            assert entry["real"]["accuracy"] == pytest.approx(chosen["accuracy"], abs=0.01)
+            assert entry["real"]["same_exit_layers"] >= 0.99  # float32 round-off at most
+        assert model["parameters"]["per_layer_heads_extra"] == (layers - 1) * (10 * 32 + 10)
+    assert "## Early exit" in (tmp_path / "report.md").read_text()
+    for figure in ("layer_accuracy", "similarity", "cos_to_last", "saturation", "class_mean_pca",
+                   "early_exit"):
         assert (tmp_path / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({figure}.png)" in (tmp_path / "report.md").read_text()
 

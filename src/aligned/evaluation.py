@@ -1,4 +1,5 @@
-"""What ``evaluate.py`` runs: layer-wise analysis of one checkpoint, optionally beside another."""
+"""What ``evaluate.py`` runs: layer-wise analysis of one checkpoint, optionally beside another,
+and early exit (rules swept on val, operating points reported on test; METHOD.md §4)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,25 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from aligned import plots
 from aligned.checkpoints import load_system, read_checkpoint
 from aligned.config import ConfigError, build
-from aligned.layerwise_pass import LayerwiseOutputs, run_layerwise_pass, summarize
+from aligned.exit import EarlyExitClassifier
+from aligned.exit_rules import make_rule
+from aligned.exit_sweep import early_exit_summary, operating_point, simulate
+from aligned.layerwise_pass import (
+    ExitSignalCache,
+    LayerwiseOutputs,
+    collect_exit_signals,
+    run_layerwise_pass,
+    summarize,
+)
+from aligned.parameter_count import parameter_summary
 from aligned.report import write_report
+from aligned.system import LayerwiseClassifier
 
 SPLITS = ("val", "test")
 
@@ -48,8 +61,43 @@ def analyse_checkpoint(
         "seed": run_config.get("seed"),
         "split": cfg.split,
         **summary,
+        "parameters": parameter_summary(system.backbone),
     }
+    early_exit = cfg.get("early_exit") or {}
+    if early_exit.get("enabled", False):
+        signals = {cfg.split: outputs.exit_signals()}
+        for split in SPLITS:  # the other split: a light pass, logits and cosines only
+            if split not in signals:
+                signals[split] = collect_exit_signals(
+                    system, evaluation_dataloader(run_config, data_overrides, split)
+                )
+        summary["early_exit"] = early_exit_summary(
+            signals["val"], signals["test"], early_exit.get("max_drop", 0.01)
+        )
+        if early_exit.get("run", False):
+            test_loader = evaluation_dataloader(run_config, data_overrides, "test")
+            run_at_operating_points(system, summary["early_exit"], signals["test"], test_loader)
     return summary, outputs, run_config
+
+
+def run_at_operating_points(
+    system: LayerwiseClassifier, early_exit: dict, test: ExitSignalCache, loader: Any
+) -> None:
+    """Real early-exit inference at each rule's chosen operating point on test, recorded beside
+    the simulation (``real``); in float32 a sample sitting on a threshold can flip (round-off)."""
+    for name, entry in early_exit["rules"].items():
+        if entry["chosen"] is None:
+            continue
+        rule = make_rule(name, entry["chosen"]["threshold"])
+        real, labels = EarlyExitClassifier(system, rule).predict(loader)
+        simulated = simulate(rule, test)
+        entry["real"] = {
+            **operating_point(real, labels.numpy(), test.logits.shape[1]),
+            "same_predictions": float((real.predictions == simulated.predictions).double().mean()),
+            "same_exit_layers": float((real.exit_layers == simulated.exit_layers).double().mean()),
+            "equals_simulation": bool(torch.equal(real.predictions, simulated.predictions)
+                                      and torch.equal(real.exit_layers, simulated.exit_layers)),
+        }
 
 
 def display_names(run_configs: list[dict]) -> list[str]:
@@ -83,6 +131,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                                                             strict=True)}
         ),
     }
+    if all("early_exit" in summary for summary in summaries.values()):
+        figures["early_exit"] = plots.early_exit_curves(summaries)
     figure_paths = {name: plots.save(fig, run_dir / f"{name}.png") for name, fig in figures.items()}
     write_report(run_dir / "report.md", summaries, figure_paths)
     if cfg.get("wandb"):

@@ -4,6 +4,10 @@ Per sample and layer it keeps only small things (top-1 class, its probability); 
 reduced on the fly into per-layer class means (for PCA), minibatch CKA and COS accumulators, so
 memory does not grow with N·L·D. COS centred over samples needs every layer's mean before it can
 normalise a vector, so that case makes a second, feature-only pass over the data.
+
+For early exit it also keeps every layer's logits (N, L, C) and each sample's cosine between
+consecutive layers' features (N, L), what the exit rules read (``ExitSignalCache``);
+``collect_exit_signals`` is the light pass that gathers only those (the validation split).
 """
 
 from __future__ import annotations
@@ -17,8 +21,31 @@ import torch
 from tqdm.auto import tqdm
 
 from aligned import analysis
-from aligned.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA
+from aligned.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA, sample_cosine
 from aligned.system import LayerwiseClassifier, unpack
+
+
+@dataclass
+class ExitSignalCache:
+    """Everything an exit rule reads, for every sample and layer (offline simulation)."""
+
+    labels: np.ndarray  # (N,)
+    logits: np.ndarray  # (N, L, C)
+    layer_cosine: np.ndarray  # (N, L) cos(h_{l-1}, h_l) per sample; NaN at layer 1
+
+
+def consecutive_cosine(features: torch.Tensor) -> torch.Tensor:
+    """Per-sample cosine between the features of layers l-1 and l, (L, B, D) -> (B, L) float64;
+    layer 1 has no predecessor (NaN)."""
+    cosine = sample_cosine(features[:-1], features[1:])  # (L-1, B)
+    first = torch.full((1, features.shape[1]), torch.nan, dtype=torch.float64,
+                       device=features.device)
+    return torch.cat([first, cosine]).T  # (B, L)
+
+
+def _kept(logits: torch.Tensor) -> torch.Tensor:
+    """(L, B, C) logits as (B, L, C) on the CPU, float32 or wider (float64 models stay exact)."""
+    return logits.transpose(0, 1).to(torch.promote_types(logits.dtype, torch.float32)).cpu()
 
 
 @dataclass
@@ -27,9 +54,15 @@ class LayerwiseOutputs:
     predictions: np.ndarray  # (N, L) top-1 class of the head at each layer
     confidences: np.ndarray  # (N, L) its softmax probability
     logits: np.ndarray | None  # (N, L, C) when kept (for early-exit simulation)
+    layer_cosine: np.ndarray  # (N, L) cos(h_{l-1}, h_l) per sample; NaN at layer 1
     class_means: np.ndarray  # (L, C, D) mean feature per class and layer
     cos: np.ndarray  # (L, L)
     cka: np.ndarray  # (L, L)
+
+    def exit_signals(self) -> ExitSignalCache:
+        if self.logits is None:
+            raise ValueError("Early-exit simulation needs the logits: run with keep_logits=True.")
+        return ExitSignalCache(self.labels, self.logits, self.layer_cosine)
 
 
 def _batches(
@@ -54,7 +87,7 @@ def run_layerwise_pass(
     num_layers, num_classes = system.num_layers, system.backbone.num_classes
     cka = MinibatchCKA(num_layers)
     cos = None if cos_centering == "samples" else CosAccumulator(cos_centering)
-    labels, predictions, confidences, logits_kept = [], [], [], []
+    labels, predictions, confidences, logits_kept, cosines = [], [], [], [], []
     feature_sum = class_sum = class_count = None
     for features, target in _batches(system, dataloader, "layer-wise pass", progress):
         logits = system.objective.layer_logits(features, system.backbone.head)  # (L, B, C)
@@ -64,7 +97,8 @@ def run_layerwise_pass(
         predictions.append(prediction.T.cpu())
         confidences.append(confidence.T.cpu())
         if keep_logits:
-            logits_kept.append(logits.transpose(0, 1).float().cpu())
+            logits_kept.append(_kept(logits))
+        cosines.append(consecutive_cosine(features).cpu())
         if feature_sum is None:
             feature_sum = torch.zeros(num_layers, features.shape[-1], dtype=torch.float64)
             class_sum = torch.zeros(
@@ -93,10 +127,28 @@ def run_layerwise_pass(
         predictions=torch.cat(predictions).numpy(),
         confidences=torch.cat(confidences).numpy(),
         logits=torch.cat(logits_kept).numpy() if keep_logits else None,
+        layer_cosine=torch.cat(cosines).numpy(),
         class_means=class_means.numpy(),
         cos=cos.compute().numpy(),
         cka=cka.compute().numpy(),
     )
+
+
+def collect_exit_signals(
+    system: LayerwiseClassifier, dataloader: Iterable, progress: bool = True
+) -> ExitSignalCache:
+    """The exit rules' inputs alone: one pass, no similarity accumulators."""
+    system.eval()
+    labels, logits_kept, cosines = [], [], []
+    for features, target in _batches(system, dataloader, "early-exit pass", progress):
+        logits = system.objective.layer_logits(features, system.backbone.head)  # (L, B, C)
+        labels.append(target.cpu())
+        logits_kept.append(_kept(logits))
+        cosines.append(consecutive_cosine(features).cpu())
+    if not labels:
+        raise ValueError("The evaluation split is empty.")
+    return ExitSignalCache(torch.cat(labels).numpy(), torch.cat(logits_kept).numpy(),
+                           torch.cat(cosines).numpy())
 
 
 def summarize(

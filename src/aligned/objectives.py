@@ -80,6 +80,11 @@ class LayerwiseObjective(nn.Module):
         """(L, B, D) features -> (L, B, C) logits, the shared head applied at every layer."""
         return head(features)
 
+    def logits_at(self, layer: int, features: torch.Tensor, head: Head) -> torch.Tensor:
+        """Logits of layer ``layer`` (1..L) for one layer's features (B, D) -> (B, C): what
+        ``layer_logits`` gives for that layer, for early exit, where only survivors reach it."""
+        return head(features)
+
     def extra_parameters(self) -> int:
         """Parameters this objective adds to the backbone (0 with one shared head)."""
         return sum(p.numel() for p in self.parameters())
@@ -149,3 +154,8 @@ class MultiExitObjective(LayerwiseObjective):
     def layer_logits(self, features: torch.Tensor, head: Head) -> torch.Tensor:
         hidden = [exit_head(f) for exit_head, f in zip(self.exit_heads, features[:-1], strict=True)]
         return torch.stack([*hidden, head(features[-1])])  # (L, B, C)
+
+    def logits_at(self, layer: int, features: torch.Tensor, head: Head) -> torch.Tensor:
+        if layer == self.num_layers:
+            return head(features)
+        return self.exit_heads[layer - 1](features)

@@ -101,6 +101,31 @@ def class_mean_pca(class_means: dict[str, np.ndarray]) -> Figure:
     return fig
 
 
+def early_exit_curves(summaries: dict[str, dict]) -> Figure:
+    """Test accuracy against speed-up (L / mean exit layer), one line per (model, rule); a star
+    marks the operating point chosen on val. Colour = rule, line style = model."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    styles = ["-", "--", ":", "-."]
+    for index, (name, summary) in enumerate(summaries.items()):
+        for color, (rule, entry) in enumerate(summary["early_exit"]["rules"].items()):
+            points = sorted((p["speedup"], 100 * p["accuracy"]) for p in entry["test_curve"])
+            ax.plot(*zip(*points, strict=True), styles[index % len(styles)], color=f"C{color}",
+                    marker=".", markersize=3, label=f"{name}: {rule}")
+            if entry["chosen"] is not None:
+                ax.plot(entry["chosen"]["speedup"], 100 * entry["chosen"]["accuracy"], "*",
+                        color=f"C{color}", markersize=11, markeredgecolor="black")
+    ax.set(xlabel="speed-up (L / mean exit layer)", ylabel="test accuracy (%)",
+           title="Early exit (★ = operating point chosen on val)")
+    chosen = [100 * entry["chosen"]["accuracy"] for summary in summaries.values()
+              for entry in summary["early_exit"]["rules"].values() if entry["chosen"]]
+    if chosen:  # the interesting region: near full-depth accuracy, not the 1-layer collapse
+        ax.set_ylim(max(0, min(chosen) - 15), None)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(summaries))
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)

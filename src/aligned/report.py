@@ -41,7 +41,52 @@ def write_report(path: Path, summaries: dict[str, dict], figures: dict[str, Path
             cells += [_pct(s["layer_accuracy"][layer]), f"{s['cos_to_last'][layer]:.3f}",
                       f"{s['mean_confidence'][layer]:.3f}"]
         lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
+    if all("early_exit" in s for s in summaries.values()):
+        lines += _early_exit_lines(summaries)
+    lines += _parameter_lines(summaries)
     lines += ["", "## Figures", ""]
     for name, figure in figures.items():
         lines += [f"![{name}]({figure.name})", ""]
     path.write_text("\n".join(lines))
+
+
+def _early_exit_lines(summaries: dict[str, dict]) -> list[str]:
+    first = next(iter(summaries.values()))["early_exit"]
+    lines = [
+        "", "## Early exit", "",
+        f"Per rule, the threshold with the smallest mean exit layer on **val** whose val accuracy "
+        f"is within {_pct(first['max_drop'])} points of full depth, measured on **test**. "
+        f"Speed-up = L / mean exit layer; {first['flops_note']}.", "",
+        "| model | rule | threshold | val acc % | test acc % | full-depth test acc % "
+        "| mean exit layer | speed-up | rel. FLOPs | real inference = simulation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+        early_exit = s["early_exit"]
+        full = _pct(early_exit["full_depth_accuracy"]["test"])
+        for rule, entry in early_exit["rules"].items():
+            chosen = entry["chosen"]
+            if chosen is None:
+                lines.append(f"| {name} | {rule} | none within the drop | | | {full} | | | | |")
+                continue
+            real = entry.get("real")
+            same = "not run" if real is None else (
+                "yes" if real["equals_simulation"]
+                else f"{100 * real['same_exit_layers']:.1f}% of exit layers")
+            lines.append(
+                f"| {name} | {rule} | {chosen['threshold']:.4g} | {_pct(chosen['val_accuracy'])} "
+                f"| {_pct(chosen['accuracy'])} | {full} | {chosen['mean_exit_layer']:.2f} "
+                f"| {chosen['speedup']:.2f} | {chosen['relative_flops']:.2f} | {same} |"
+            )
+    return lines
+
+
+def _parameter_lines(summaries: dict[str, dict]) -> list[str]:
+    lines = ["", "## Parameters: one shared head vs a head per layer", "",
+             "| model | model parameters | per-layer heads add | saving % (with biases) "
+             "| saving % (weights only, the paper's convention) |", "|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        p = s["parameters"]
+        lines.append(f"| {name} | {p['model']:,} | {p['per_layer_heads_extra']:,} "
+                     f"| {p['saving_percent']:.2f} | {p['saving_percent_weights_only']:.2f} |")
+    return lines

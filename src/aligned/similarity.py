@@ -182,6 +182,14 @@ class CosAccumulator:
         return (cos + cos.T) / 2
 
 
+def sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of each sample's two vectors, (..., D) x (..., D) -> (...) float64, uncentred (a
+    single sample cannot be centred over samples); a zero vector gives 0, as in COS."""
+    unit_a = F.normalize(a.to(torch.float64), dim=-1)
+    unit_b = F.normalize(b.to(torch.float64), dim=-1)
+    return (unit_a * unit_b).sum(-1)
+
+
 def cos_similarity(features: torch.Tensor, centering: Centering = "samples") -> torch.Tensor:
     """Sample-wise cosine similarity of all layer pairs: (L, N, D) -> (L, L) float64."""
     _check_features(features, 2 if centering == "samples" else 1, "cos_similarity")

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+
+@dataclass
+class BlockState:
+    """A batch between two blocks: the tokens, plus what the blocks need per sample (e.g. the
+    attention mask). Every tensor has one row per sample, so ``select`` keeps a subset of the
+    batch (early exit drops the samples that have exited)."""
+
+    tokens: torch.Tensor  # (B, T, D)
+    extras: dict[str, torch.Tensor | None] = field(default_factory=dict)  # (B, ...) each
+
+    def select(self, rows: torch.Tensor) -> BlockState:
+        extras = {k: None if v is None else v[rows] for k, v in self.extras.items()}
+        return BlockState(self.tokens[rows], extras)
 
 
 class LayerwiseBackbone(nn.Module):
@@ -23,6 +38,23 @@ class LayerwiseBackbone(nn.Module):
 
     def layer_features(self, inputs: Any) -> torch.Tensor:
         """Features of every block, shape (L, B, D)."""
+        state = self.begin(inputs)
+        features = []
+        for layer in range(1, self.num_layers + 1):
+            state = self.run_block(layer, state)
+            features.append(self.read(state))  # (B, D)
+        return torch.stack(features)  # (L, B, D)
+
+    def begin(self, inputs: Any) -> BlockState:
+        """The embedded inputs, what block 1 reads."""
+        raise NotImplementedError
+
+    def run_block(self, layer: int, state: BlockState) -> BlockState:
+        """Block ``layer`` (1..L) applied to ``state``."""
+        raise NotImplementedError
+
+    def read(self, state: BlockState) -> torch.Tensor:
+        """The feature the head reads after a block, (B, D)."""
         raise NotImplementedError
 
     def head(self, features: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertForSequenceClassification,
 )
+from transformers.masking_utils import create_bidirectional_mask
 
-from aligned.backbones.base import LayerwiseBackbone
+from aligned.backbones.base import BlockState, LayerwiseBackbone
 from aligned.config import ConfigError
 
 POOLINGS = ("cls", "mean")
@@ -27,6 +28,10 @@ class HFEncoder(LayerwiseBackbone):
     follows either way, so the feature is what ``dropout -> classifier`` reads. BERT is
     post-LayerNorm: every hidden state is already normalised. The shared head is
     dropout -> classifier.
+
+    Block by block (``begin``/``run_block``/``read``), the pieces are BERT's own: the embeddings,
+    each ``BertLayer`` with the attention mask ``BertModel`` builds for its layers
+    (``create_bidirectional_mask``: 4-D, or None without padding under SDPA), pooling + pooler.
     """
 
     def __init__(
@@ -54,16 +59,41 @@ class HFEncoder(LayerwiseBackbone):
         self.num_classes = num_classes
 
     def layer_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = inputs["attention_mask"]
+        # HF's own forward (golden-tested against its logits); the block path must equal it.
         hidden = self.model.bert(**inputs, output_hidden_states=True).hidden_states[1:]
-        stacked = torch.stack(hidden)  # (L, B, T, D)
+        return self._pool(torch.stack(hidden), inputs["attention_mask"])  # (L, B, D)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[CLS] or masked mean of tokens (..., B, T, D), then BERT's pooler -> (..., B, D)."""
         if self.pooling == "cls":
-            tokens = stacked[:, :, 0]  # (L, B, D)
+            tokens = hidden[..., 0, :]
         else:
-            weights = mask.to(stacked.dtype)[None, :, :, None]  # (1, B, T, 1)
-            tokens = (stacked * weights).sum(2) / weights.sum(2).clamp(min=1.0)
+            weights = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
+            tokens = (hidden * weights).sum(-2) / weights.sum(-2).clamp(min=1.0)
         pooler = self.model.bert.pooler
-        return pooler.activation(pooler.dense(tokens))  # (L, B, D)
+        return pooler.activation(pooler.dense(tokens))
+
+    def begin(self, inputs: dict[str, torch.Tensor]) -> BlockState:
+        bert = self.model.bert
+        embedded = bert.embeddings(
+            input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"),
+            position_ids=inputs.get("position_ids"),
+        )  # (B, T, D)
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(embedded.shape[:2], dtype=torch.long, device=embedded.device)
+        # The mask BertModel.forward hands its layers; one row per sample, so it subsets.
+        block_mask = create_bidirectional_mask(
+            config=bert.config, inputs_embeds=embedded, attention_mask=mask
+        )
+        return BlockState(embedded, {"attention_mask": mask, "block_mask": block_mask})
+
+    def run_block(self, layer: int, state: BlockState) -> BlockState:
+        block = self.model.bert.encoder.layer[layer - 1]
+        return BlockState(block(state.tokens, state.extras["block_mask"]), state.extras)
+
+    def read(self, state: BlockState) -> torch.Tensor:
+        return self._pool(state.tokens, state.extras["attention_mask"])  # (B, D)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.classifier(self.model.dropout(features))

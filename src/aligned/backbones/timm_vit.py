@@ -8,7 +8,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from aligned.backbones.base import LayerwiseBackbone
+from aligned.backbones.base import BlockState, LayerwiseBackbone
 from aligned.config import ConfigError
 
 
@@ -77,13 +77,14 @@ class TimmViT(LayerwiseBackbone):
         """What the classifier reads from a block's tokens (B, N, D) -> (B, D)."""
         return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
 
-    def layer_features(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(images)
-        features = []
-        for block in self.model.blocks:
-            tokens = block(tokens)  # (B, N, D)
-            features.append(self.readout(tokens))
-        return torch.stack(features)  # (L, B, D)
+    def begin(self, images: torch.Tensor) -> BlockState:
+        return BlockState(self.embed(images))
+
+    def run_block(self, layer: int, state: BlockState) -> BlockState:
+        return BlockState(self.model.blocks[layer - 1](state.tokens))  # (B, N, D)
+
+    def read(self, state: BlockState) -> torch.Tensor:
+        return self.readout(state.tokens)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.head(features)

@@ -1,0 +1,138 @@
+"""Measured wall-clock speed-up of early exit against the full forward, at batch sizes 1 and 64.
+
+    python benchmarks/early_exit.py --ckpt A.ckpt [--compare-ckpt B.ckpt] [--data-dir DIR]
+
+Trains nothing. For each checkpoint: the exit rules are swept on val and each rule's operating
+point is chosen there (as ``evaluate.py`` does: smallest mean exit layer within --max-drop of
+full-depth val accuracy); then, on the test split, the full forward (all blocks, the head on the
+last layer only) and the early-exit inference at that operating point (blocks on the survivors
+only, the read-out and exit head after every block) are timed in interleaved rounds, median
+round reported. Predicted speed-up = L / mean exit layer; measured = full time / early-exit time.
+Batches are slices of the test loader's batches (text keeps that batch's padding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from aligned.checkpoints import load_system, read_checkpoint
+from aligned.evaluation import evaluation_dataloader
+from aligned.exit import EarlyExitClassifier
+from aligned.exit_rules import make_rule
+from aligned.exit_sweep import early_exit_summary
+from aligned.layerwise_pass import collect_exit_signals
+from aligned.system import LayerwiseClassifier, unpack
+
+
+def full_forward(system: LayerwiseClassifier) -> Callable[[Any], torch.Tensor]:
+    """The model without early exit: every block, one read-out and the head at layer L."""
+    backbone = system.backbone
+
+    def forward(inputs: Any) -> torch.Tensor:
+        state = backbone.begin(inputs)
+        for layer in range(1, backbone.num_layers + 1):
+            state = backbone.run_block(layer, state)
+        return system.objective.logits_at(backbone.num_layers, backbone.read(state),
+                                          backbone.head)
+
+    return forward
+
+
+def slices(loader: Any, batch_size: int) -> list[Any]:
+    """The test inputs cut into batches of ``batch_size`` (the last one of each loader batch
+    may be shorter)."""
+    batches = []
+    for batch in loader:
+        inputs, _ = unpack(batch)
+        total = len(inputs) if isinstance(inputs, torch.Tensor) else len(inputs["input_ids"])
+        for start in range(0, total, batch_size):
+            rows = slice(start, start + batch_size)
+            batches.append(inputs[rows] if isinstance(inputs, torch.Tensor)
+                           else {k: v[rows] for k, v in inputs.items()})
+    return batches
+
+
+def time_rounds(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per run, interleaved so that drift in machine load hits all equally."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():  # warm-up
+        run()
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def benchmark(ckpt: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    checkpoint = read_checkpoint(ckpt)
+    system = load_system(checkpoint)
+    overrides = {"data_dir": args.data_dir}
+    loaders = {split: evaluation_dataloader(checkpoint["run_config"], overrides, split)
+               for split in ("val", "test")}
+    signals = {split: collect_exit_signals(system, loader, progress=False)
+               for split, loader in loaders.items()}
+    summary = early_exit_summary(signals["val"], signals["test"], args.max_drop)
+    num_layers = summary["num_layers"]
+    name = checkpoint["run_config"].get("names", {}).get("loss", "model")
+    rules = {rule: make_rule(rule, entry["chosen"]["threshold"])
+             for rule, entry in summary["rules"].items() if entry["chosen"] is not None}
+    rows = [{"model": name, "rule": rule, **summary["rules"][rule]["chosen"]} for rule in rules]
+    forward = full_forward(system)
+    for batch_size in args.batch_sizes:
+        batches = slices(loaders["test"], batch_size)
+        runs = {"full": lambda bs=batches: [forward(b) for b in bs]}
+        for rule_name, rule in rules.items():
+            classifier = EarlyExitClassifier(system, rule)
+            runs[rule_name] = lambda c=classifier, bs=batches: [c(b) for b in bs]
+        with torch.inference_mode():
+            seconds = time_rounds(runs, args.rounds)
+        for row in rows:
+            row[f"measured_bs{batch_size}"] = seconds["full"] / seconds[row["rule"]]
+            row[f"full_ms_bs{batch_size}"] = 1000 * seconds["full"]
+            row[f"exit_ms_bs{batch_size}"] = 1000 * seconds[row["rule"]]
+    print(f"{name}: L = {num_layers}, {len(signals['test'].labels)} test samples, full-depth "
+          f"test acc {100 * summary['full_depth_accuracy']['test']:.1f}%")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--compare-ckpt")
+    parser.add_argument("--data-dir", help="override the checkpoint's data directory")
+    parser.add_argument("--max-drop", type=float, default=0.01)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: steadier timings on a shared machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = [row for ckpt in filter(None, [args.ckpt, args.compare_ckpt])
+            for row in benchmark(ckpt, args)]
+    sizes = args.batch_sizes
+    header = ["model", "rule", "threshold", "test acc %", "mean exit", "predicted"]
+    header += [f"measured bs{b}" for b in sizes] + [f"measured/predicted bs{b}" for b in sizes]
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        cells = [row["model"], row["rule"], f"{row['threshold']:.4g}",
+                 f"{100 * row['accuracy']:.1f}", f"{row['mean_exit_layer']:.2f}",
+                 f"{row['speedup']:.2f}x"]
+        cells += [f"{row[f'measured_bs{b}']:.2f}x" for b in sizes]
+        cells += [f"{row[f'measured_bs{b}'] / row['speedup']:.2f}" for b in sizes]
+        print("| " + " | ".join(cells) + " |")
+    print("\nfull forward per pass over the test set: " + ", ".join(
+        f"bs{b} {rows[0][f'full_ms_bs{b}']:.0f} ms" for b in sizes) + f"; {torch.get_num_threads()}"
+        " torch threads")
+
+
+if __name__ == "__main__":
+    main()

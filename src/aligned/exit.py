@@ -1,0 +1,90 @@
+"""Early-exit inference that really saves compute (METHOD.md §4).
+
+Blocks run one at a time; after each, the rule decides which samples exit, and those rows are
+dropped from the batch, so later blocks compute the survivors only. Any batch size works
+(batch 1 included). Decisions go through the same loop as the offline simulation
+(``aligned.exit_rules.exit_layer_by_layer``), so the two agree except where float round-off
+moves a value across a threshold: a block run on a subset of the batch is the same computation
+per sample, but matrix kernels may sum in another order for another batch shape (~1e-7 in
+float32; in float64 the agreement is exact in practice, which is how the tests check it).
+
+    from aligned.exit import load_early_exit
+    classifier = load_early_exit("run/checkpoints/last.ckpt", "confidence", 0.9)
+    result = classifier(images)     # result.predictions (B,), result.exit_layers (B,) in 1..L
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligned.checkpoints import load_system, read_checkpoint
+from aligned.exit_rules import ExitResult, ExitRule, LayerSignals, exit_layer_by_layer, make_rule
+from aligned.similarity import sample_cosine
+from aligned.system import LayerwiseClassifier, unpack
+
+
+def batch_size_of(inputs: Any) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return len(inputs)
+    return len(inputs["input_ids"])
+
+
+class EarlyExitClassifier:
+    """A trained ``LayerwiseClassifier`` run block by block under an exit rule.
+
+    Works for one shared head (aligned, standard) and per-layer heads (multiexit) alike: the
+    logits of layer l come from ``objective.logits_at(l, ...)``.
+    """
+
+    def __init__(self, system: LayerwiseClassifier, rule: ExitRule) -> None:
+        self.system = system.eval()
+        self.rule = rule
+
+    @torch.no_grad()
+    def __call__(self, inputs: Any) -> ExitResult:
+        system, backbone = self.system, self.system.backbone
+        inputs = system.transfer_batch_to_device(inputs, system.device, 0)
+        state = backbone.begin(inputs)
+        previous = None  # the survivors' features after the last block, (B, D)
+
+        def signals_after(layer: int, keep: torch.Tensor | None) -> LayerSignals:
+            nonlocal state, previous
+            if keep is not None:  # drop the exited rows before the next block
+                state = state.select(keep)
+                previous = None if previous is None else previous[keep]
+            state = backbone.run_block(layer, state)
+            features = backbone.read(state)  # (B, D)
+            logits = system.objective.logits_at(layer, features, backbone.head)  # (B, C)
+            if not self.rule.reads_cosine:
+                return LayerSignals(logits)
+            cosine = (sample_cosine(previous, features) if previous is not None
+                      else torch.full((len(features),), torch.nan, device=features.device))
+            previous = features
+            return LayerSignals(logits, cosine)
+
+        return exit_layer_by_layer(self.rule, backbone.num_layers, batch_size_of(inputs),
+                                   signals_after, device=system.device)
+
+    def predict(self, dataloader: Iterable) -> tuple[ExitResult, torch.Tensor]:
+        """The early-exit result over a whole loader (CPU tensors) and its labels."""
+        results, labels = [], []
+        for batch in dataloader:
+            inputs, target = unpack(batch)
+            result = self(inputs)
+            results.append(ExitResult(result.predictions.cpu(), result.exit_layers.cpu()))
+            labels.append(target)
+        return ExitResult.cat(results), torch.cat(labels)
+
+
+def load_early_exit(ckpt_path: str | Path, rule: str | ExitRule,
+                    threshold: float | None = None) -> EarlyExitClassifier:
+    """A checkpoint written by train.py, under ``rule`` (a rule object, or a name + threshold)."""
+    if isinstance(rule, str):
+        if threshold is None:
+            raise ValueError(f"Give the threshold of the '{rule}' rule.")
+        rule = make_rule(rule, threshold)
+    return EarlyExitClassifier(load_system(read_checkpoint(ckpt_path)), rule)

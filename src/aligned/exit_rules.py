@@ -1,0 +1,218 @@
+"""Early-exit rules (METHOD.md §4) and the one loop that applies them layer by layer.
+
+After layer l (1..L) a rule looks at the surviving samples' ``LayerSignals`` (that layer's logits
+and the cosine between the features of layers l-1 and l) and says which of them exit; every
+sample exits at L at the latest. ``exit_layer_by_layer`` is the only place decisions are made:
+the offline simulation feeds it cached signals (``aligned.exit_sweep``), the real inference
+feeds it blocks run on the survivors only (``aligned.exit``), so the two cannot disagree in
+logic. Rules with memory (patience) keep one row of state per surviving sample, and the loop
+subsets that state together with the survivors.
+
+| rule | exits when | threshold grid |
+|---|---|---|
+| ``confidence`` (SDN, MSDNet) | max softmax probability >= t | [0, 1] |
+| ``entropy`` (DeeBERT) | softmax entropy <= t | [0, log C] |
+| ``patience`` (PABEE) | the prediction has not changed for t consecutive layers | 1..L |
+| ``state`` (CALM) | cos(h_{l-1}, h_l) >= t (never at layer 1) | [0, 1] |
+| ``budget`` (elastic depth) | l == t | 1..L |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from aligned.config import ConfigError
+
+State = dict[str, torch.Tensor]  # per-sample tensors, one row per surviving sample
+
+
+@dataclass
+class LayerSignals:
+    """What a rule may see after one layer, for the samples still running."""
+
+    logits: torch.Tensor  # (B, C)
+    cosine: torch.Tensor | None = None  # (B,) cos(h_{l-1}, h_l); NaN at layer 1; None when
+    # the rule does not read it (``ExitRule.reads_cosine``), so inference skips computing it
+
+
+@dataclass
+class ExitResult:
+    """Per sample, in the batch's order: the prediction it exits with and where (1..L)."""
+
+    predictions: torch.Tensor  # (N,)
+    exit_layers: torch.Tensor  # (N,)
+
+    @staticmethod
+    def cat(results: list[ExitResult]) -> ExitResult:
+        return ExitResult(torch.cat([r.predictions for r in results]),
+                          torch.cat([r.exit_layers for r in results]))
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    # Softmax in at least float32, as layerwise_pass computes confidences.
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
+
+
+class ExitRule:
+    """One threshold; ``exits`` decides after ``layer`` which samples leave."""
+
+    name: ClassVar[str]
+    reads_cosine: ClassVar[bool] = False
+    threshold: float
+
+    def initial_state(self, batch_size: int, device: torch.device) -> State:
+        return {}
+
+    def exits(self, layer: int, signals: LayerSignals, state: State) -> tuple[torch.Tensor, State]:
+        """(B,) bool exit decisions after ``layer`` and the updated per-sample state."""
+        raise NotImplementedError
+
+    @staticmethod
+    def grid(num_layers: int, num_classes: int) -> list[float]:
+        """The thresholds an offline sweep tries, ascending."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.threshold:g})"
+
+
+# Probability-like grids: a uniform grid, plus the 0.99.. region where confident models live.
+_UNIT_GRID = sorted({*np.round(np.linspace(0, 1, 51), 4).tolist(),
+                     0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999})
+
+
+@dataclass(repr=False)
+class ConfidenceRule(ExitRule):
+    threshold: float
+    name: ClassVar[str] = "confidence"
+
+    def exits(self, layer, signals, state):
+        return _probabilities(signals.logits).max(-1).values >= self.threshold, state
+
+    @staticmethod
+    def grid(num_layers, num_classes):
+        return _UNIT_GRID
+
+
+@dataclass(repr=False)
+class EntropyRule(ExitRule):
+    threshold: float
+    name: ClassVar[str] = "entropy"
+
+    def exits(self, layer, signals, state):
+        p = _probabilities(signals.logits)
+        entropy = -(p * p.clamp(min=1e-30).log()).sum(-1)  # (B,) nats; 0·log 0 = 0
+        return entropy <= self.threshold, state
+
+    @staticmethod
+    def grid(num_layers, num_classes):
+        # 0..log C (log C: a uniform prediction); the fine steps near 0 are the confident ones.
+        return sorted(((1.0 - np.asarray(_UNIT_GRID)) * math.log(num_classes)).tolist())
+
+
+@dataclass(repr=False)
+class PatienceRule(ExitRule):
+    """PABEE: exit once the top-1 prediction has stayed the same for ``threshold`` layers in a
+    row (t = 1: layers l-1 and l agree). t >= L never exits early."""
+
+    threshold: float
+    name: ClassVar[str] = "patience"
+
+    def initial_state(self, batch_size, device):
+        return {"previous": torch.full((batch_size,), -1, dtype=torch.long, device=device),
+                "unchanged": torch.zeros(batch_size, dtype=torch.long, device=device)}
+
+    def exits(self, layer, signals, state):
+        prediction = signals.logits.argmax(-1)  # (B,)
+        same = prediction == state["previous"]
+        unchanged = torch.where(same, state["unchanged"] + 1, torch.zeros_like(state["unchanged"]))
+        return unchanged >= self.threshold, {"previous": prediction, "unchanged": unchanged}
+
+    @staticmethod
+    def grid(num_layers, num_classes):
+        return [float(k) for k in range(1, num_layers + 1)]
+
+
+@dataclass(repr=False)
+class StateRule(ExitRule):
+    """CALM's hidden-state rule: exit once the feature barely moves between consecutive layers,
+    cos(h_{l-1}, h_l) >= threshold (per sample, uncentred). Layer 1 has no predecessor."""
+
+    threshold: float
+    name: ClassVar[str] = "state"
+    reads_cosine: ClassVar[bool] = True
+
+    def exits(self, layer, signals, state):
+        return signals.cosine >= self.threshold, state  # NaN (layer 1) compares False
+
+    @staticmethod
+    def grid(num_layers, num_classes):
+        return _UNIT_GRID
+
+
+@dataclass(repr=False)
+class BudgetRule(ExitRule):
+    """Fixed depth: every sample exits at layer ``threshold``."""
+
+    threshold: float
+    name: ClassVar[str] = "budget"
+
+    def exits(self, layer, signals, state):
+        return torch.full(signals.logits.shape[:1], layer >= self.threshold,
+                          device=signals.logits.device), state
+
+    @staticmethod
+    def grid(num_layers, num_classes):
+        return [float(depth) for depth in range(1, num_layers + 1)]
+
+
+RULES: dict[str, type[ExitRule]] = {
+    rule.name: rule for rule in (ConfidenceRule, EntropyRule, PatienceRule, StateRule, BudgetRule)
+}
+
+
+def make_rule(name: str, threshold: float) -> ExitRule:
+    if name not in RULES:
+        raise ConfigError(f"Unknown exit rule '{name}'; use one of {', '.join(RULES)}.")
+    return RULES[name](float(threshold))
+
+
+def exit_layer_by_layer(
+    rule: ExitRule,
+    num_layers: int,
+    batch_size: int,
+    signals_after: Callable[[int, torch.Tensor | None], LayerSignals],
+    device: torch.device | str = "cpu",
+) -> ExitResult:
+    """Apply ``rule`` after layers 1..L to a batch whose exited samples are dropped.
+
+    ``signals_after(layer, keep)`` returns the signals of ``layer`` for the survivors: ``keep``
+    (bool, one per row of the previous call) says which rows are still running; None when all
+    are (layer 1, or nobody exited), so that nothing is copied.
+    """
+    rows = torch.arange(batch_size, device=device)  # survivors' positions in the batch
+    predictions = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+    exit_layers = torch.zeros(batch_size, dtype=torch.long, device=device)
+    state = rule.initial_state(batch_size, device)
+    keep = None
+    for layer in range(1, num_layers + 1):
+        signals = signals_after(layer, keep)
+        leaving, state = rule.exits(layer, signals, state)
+        if layer == num_layers:
+            leaving = torch.ones_like(leaving)
+        keep = None
+        if leaving.any():  # one host sync per layer: the survivors' count sizes the next block
+            predictions[rows[leaving]] = signals.logits[leaving].argmax(-1)
+            exit_layers[rows[leaving]] = layer
+            keep = ~leaving
+            rows = rows[keep]
+            state = {key: value[keep] for key, value in state.items()}
+            if len(rows) == 0:
+                break
+    return ExitResult(predictions, exit_layers)

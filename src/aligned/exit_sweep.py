@@ -1,0 +1,116 @@
+"""Offline early exit: simulate every rule over a threshold grid on cached per-layer signals,
+pick each rule's operating point on the validation split, report it on test (MSDNet practice).
+
+Costs are relative to the full-depth model: speed-up = L / mean exit layer, and the expected
+FLOPs are approximated by the fraction of blocks run, mean exit layer / L. That leaves out the
+embedding (paid by every sample) and the read-out + head at every layer a sample passes (a norm
+and one C×D matrix-vector product; plus BERT's D×D pooler), both small next to a block's
+attention and MLP over all tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from aligned.exit_rules import RULES, ExitResult, ExitRule, LayerSignals, exit_layer_by_layer
+from aligned.layerwise_pass import ExitSignalCache
+
+FLOPS_NOTE = (
+    "relative FLOPs = mean exit layer / L (fraction of blocks run; embedding, per-layer read-out "
+    "and head costs left out)"
+)
+
+
+def simulate(rule: ExitRule, cache: ExitSignalCache) -> ExitResult:
+    """The rule applied to cached signals, through the same loop the real inference uses."""
+    logits = torch.from_numpy(cache.logits)  # (N, L, C)
+    cosine = torch.from_numpy(cache.layer_cosine)  # (N, L)
+    rows = torch.arange(len(logits))
+
+    def signals_after(layer: int, keep: torch.Tensor | None) -> LayerSignals:
+        nonlocal rows
+        if keep is not None:
+            rows = rows[keep]
+        return LayerSignals(logits[rows, layer - 1], cosine[rows, layer - 1])
+
+    return exit_layer_by_layer(rule, logits.shape[1], len(logits), signals_after)
+
+
+def operating_point(result: ExitResult, labels: np.ndarray, num_layers: int) -> dict[str, float]:
+    """Accuracy and cost of one simulated (or real) early-exit run."""
+    mean_exit = float(result.exit_layers.double().mean())
+    return {
+        "accuracy": float((result.predictions.numpy() == labels).mean()),
+        "mean_exit_layer": mean_exit,
+        "speedup": num_layers / mean_exit,
+        "relative_flops": mean_exit / num_layers,
+    }
+
+
+def sweep(rule_name: str, cache: ExitSignalCache) -> list[dict[str, float]]:
+    """One point per threshold of the rule's grid: threshold, accuracy, mean exit layer, ..."""
+    _, num_layers, num_classes = cache.logits.shape
+    rule_class = RULES[rule_name]
+    return [
+        {"threshold": threshold,
+         **operating_point(simulate(rule_class(threshold), cache), cache.labels, num_layers)}
+        for threshold in rule_class.grid(num_layers, num_classes)
+    ]
+
+
+def choose_threshold(
+    val_curve: list[dict[str, float]], full_accuracy: float, max_drop: float
+) -> float | None:
+    """The threshold with the smallest mean exit layer whose validation accuracy is within
+    ``max_drop`` of full depth's (ties: the more accurate); None when no threshold qualifies."""
+    allowed = [p for p in val_curve if p["accuracy"] >= full_accuracy - max_drop - 1e-12]
+    if not allowed:
+        return None
+    best = min(allowed, key=lambda p: (p["mean_exit_layer"], -p["accuracy"]))
+    return best["threshold"]
+
+
+def full_depth_accuracy(cache: ExitSignalCache) -> float:
+    return float((cache.logits[:, -1].argmax(-1) == cache.labels).mean())
+
+
+def early_exit_summary(
+    val: ExitSignalCache, test: ExitSignalCache, max_drop: float
+) -> dict[str, Any]:
+    """``evaluation.json``'s ``early_exit``: per rule the val and test curves and the operating
+    point chosen on val, measured on test."""
+    num_layers = test.logits.shape[1]
+    full_val, full_test = full_depth_accuracy(val), full_depth_accuracy(test)
+    rules = {}
+    for name in RULES:
+        val_curve, test_curve = sweep(name, val), sweep(name, test)
+        threshold = choose_threshold(val_curve, full_val, max_drop)
+        chosen = None
+        if threshold is not None:
+            val_point = next(p for p in val_curve if p["threshold"] == threshold)
+            test_point = next(p for p in test_curve if p["threshold"] == threshold)
+            chosen = {"threshold": threshold, "val_accuracy": val_point["accuracy"],
+                      "val_mean_exit_layer": val_point["mean_exit_layer"], **test_point}
+        rules[name] = {"val_curve": val_curve, "test_curve": test_curve, "chosen": chosen}
+    return {
+        "max_drop": max_drop,
+        "selection": "smallest val mean exit layer with val accuracy >= full depth - max_drop",
+        "num_layers": num_layers,
+        "full_depth_accuracy": {"val": full_val, "test": full_test},
+        "flops_note": FLOPS_NOTE,
+        "rules": rules,
+    }
+
+
+def accuracy_at_depth(curve: list[dict[str, float]], mean_exit_layer: float) -> float | None:
+    """Accuracy of a curve at a given mean exit layer, linear between its points (the upper
+    envelope: at each depth, the best point reachable); None outside the curve's range."""
+    points = sorted((p["mean_exit_layer"], p["accuracy"]) for p in curve)
+    depths = np.array([d for d, _ in points])
+    best = np.maximum.accumulate(np.array([a for _, a in points]))
+    if not depths[0] <= mean_exit_layer <= depths[-1]:
+        return None
+    return float(np.interp(mean_exit_layer, depths, best))

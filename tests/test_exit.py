@@ -1,0 +1,301 @@
+"""Early exit: the rules, the offline simulation, the real block-by-block inference (which must
+agree with the simulation exactly), operating-point selection and the parameter count."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+from test_backbones import tiny_bert_dir
+
+from aligned.backbones.base import LayerwiseBackbone
+from aligned.exit import EarlyExitClassifier
+from aligned.exit_rules import (
+    RULES,
+    BudgetRule,
+    ConfidenceRule,
+    EntropyRule,
+    ExitRule,
+    LayerSignals,
+    PatienceRule,
+    StateRule,
+    make_rule,
+)
+from aligned.exit_sweep import choose_threshold, early_exit_summary, simulate
+from aligned.layerwise_pass import ExitSignalCache, collect_exit_signals
+from aligned.parameter_count import parameter_summary, shared_head_saving
+from aligned.system import LayerwiseClassifier, unpack
+
+LOSSES = {"aligned": "aligned.objectives.AlignedObjective",
+          "multiexit": "aligned.objectives.MultiExitObjective"}
+NUM_LAYERS, NUM_CLASSES = 4, 5
+
+# ----------------------------------------------------------------------------- rules
+
+
+def decide(rule: ExitRule, logits: list[list[list[float]]], cosine=None) -> list[int]:
+    """Exit layers (1..L) of hand-made per-layer logits (L, B, C) under ``rule``."""
+    cache = ExitSignalCache(
+        labels=np.zeros(len(logits[0]), dtype=int),
+        logits=np.asarray(logits, dtype=np.float64).transpose(1, 0, 2),
+        layer_cosine=np.asarray(cosine if cosine is not None
+                                else np.full((len(logits[0]), len(logits)), np.nan)),
+    )
+    return simulate(rule, cache).exit_layers.tolist()
+
+
+SURE, UNSURE = [5.0, 0.0, 0.0], [0.1, 0.0, 0.0]  # p(top) = 0.987 and 0.356
+OTHER = [0.0, 5.0, 0.0]
+
+
+def test_confidence_rule_exits_at_the_first_confident_layer():
+    logits = [[UNSURE, SURE, UNSURE], [SURE, SURE, UNSURE], [UNSURE, SURE, UNSURE]]  # (L, B, C)
+    assert decide(ConfidenceRule(0.9), logits) == [2, 1, 3]  # every sample leaves at L at last
+    assert decide(ConfidenceRule(0.3), logits) == [1, 1, 1]
+
+
+def test_entropy_rule_uses_nats_up_to_log_c():
+    logits = [[UNSURE, SURE], [SURE, SURE]]
+    assert decide(EntropyRule(0.1), logits) == [2, 1]
+    assert decide(EntropyRule(math.log(3)), logits) == [1, 1]  # log C: everything exits
+    assert EntropyRule.grid(6, 3)[-1] == pytest.approx(math.log(3))
+
+
+def test_patience_counts_consecutive_unchanged_predictions_per_sample():
+    # sample 0: A A A A; sample 1: A B A A; sample 2: A B B B
+    logits = [[SURE, SURE, SURE], [SURE, OTHER, OTHER], [SURE, SURE, OTHER],
+              [SURE, SURE, OTHER]]
+    assert decide(PatienceRule(1), logits) == [2, 4, 3]
+    assert decide(PatienceRule(2), logits) == [3, 4, 4]
+    assert decide(PatienceRule(4), logits) == [4, 4, 4]  # t >= L never exits early
+
+
+def test_state_rule_reads_consecutive_cosine_and_never_exits_at_layer_one():
+    logits = [[SURE, SURE]] * 3
+    cosine = [[np.nan, 0.5, 0.99], [np.nan, 0.95, 0.2]]  # (B, L)
+    assert decide(StateRule(0.9), logits, cosine) == [3, 2]
+    assert decide(StateRule(0.0), logits, cosine) == [2, 2]
+
+
+def test_budget_rule_exits_everyone_at_its_depth():
+    logits = [[SURE, UNSURE]] * 3
+    assert decide(BudgetRule(2), logits) == [2, 2]
+    assert decide(BudgetRule(5), logits) == [3, 3]
+
+
+def test_patience_state_follows_the_survivors():
+    """After layer 1 a sample exits; the others' counters must stay with the right rows."""
+    rule = PatienceRule(1)
+    state = rule.initial_state(3, "cpu")
+    logits = torch.tensor([SURE, OTHER, SURE])
+    leaving, state = rule.exits(1, LayerSignals(logits, torch.full((3,), torch.nan)), state)
+    assert not leaving.any() and state["previous"].tolist() == [0, 1, 0]
+    keep = torch.tensor([True, False, True])
+    state = {k: v[keep] for k, v in state.items()}
+    leaving, _ = rule.exits(2, LayerSignals(torch.tensor([SURE, OTHER]), torch.zeros(2)), state)
+    assert leaving.tolist() == [True, False]
+
+
+def test_unknown_rule_is_a_clear_error():
+    with pytest.raises(Exception, match="Unknown exit rule 'gate'"):
+        make_rule("gate", 0.5)
+
+
+# ----------------------------------------------------------------------------- operating point
+
+
+def test_operating_point_is_the_shallowest_within_the_drop_on_val():
+    curve = [  # threshold, val accuracy, mean exit layer
+        {"threshold": 0.5, "accuracy": 0.90, "mean_exit_layer": 1.5},
+        {"threshold": 0.7, "accuracy": 0.955, "mean_exit_layer": 2.5},
+        {"threshold": 0.8, "accuracy": 0.962, "mean_exit_layer": 2.5},
+        {"threshold": 0.9, "accuracy": 0.97, "mean_exit_layer": 3.5},
+    ]
+    assert choose_threshold(curve, full_accuracy=0.97, max_drop=0.01) == 0.8  # tie: more accurate
+    assert choose_threshold(curve, full_accuracy=0.97, max_drop=0.1) == 0.5
+    assert choose_threshold(curve, full_accuracy=0.99, max_drop=0.01) is None
+
+
+def test_summary_selects_on_val_and_reports_on_test():
+    rng = np.random.default_rng(0)
+    def cache(n):  # noqa: E306
+        return ExitSignalCache(rng.integers(0, 3, n), rng.normal(size=(n, 3, 3)) * 3,
+                               np.concatenate([np.full((n, 1), np.nan), rng.random((n, 2))], 1))
+    val, test = cache(40), cache(50)
+    summary = early_exit_summary(val, test, max_drop=0.05)
+    assert set(summary["rules"]) == set(RULES)
+    for entry in summary["rules"].values():
+        chosen = entry["chosen"]
+        assert chosen == {**chosen, **next(p for p in entry["test_curve"]
+                                           if p["threshold"] == chosen["threshold"])}
+        assert chosen["threshold"] == choose_threshold(
+            entry["val_curve"], summary["full_depth_accuracy"]["val"], 0.05)
+        assert chosen["speedup"] == pytest.approx(3 / chosen["mean_exit_layer"])
+    assert [p["mean_exit_layer"] for p in summary["rules"]["budget"]["test_curve"]] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- real inference
+
+
+def tiny_vit_system(loss: str) -> LayerwiseClassifier:
+    torch.manual_seed(0)
+    model = {"_target_": "aligned.backbones.timm_vit.TimmViT", "name": "vit_tiny_patch16_224",
+             "num_classes": NUM_CLASSES, "img_size": 8, "in_chans": 1, "patch_size": 4,
+             "embed_dim": 16, "depth": NUM_LAYERS, "num_heads": 2}
+    return LayerwiseClassifier(model, {"_target_": LOSSES[loss]})
+
+
+def tiny_bert_system(loss: str, tmp_path) -> LayerwiseClassifier:
+    model = {"_target_": "aligned.backbones.hf_encoder.HFEncoder",
+             "name_or_path": tiny_bert_dir(tmp_path, NUM_CLASSES), "num_classes": NUM_CLASSES,
+             "pooling": "mean"}
+    torch.manual_seed(0)
+    return LayerwiseClassifier(model, {"_target_": LOSSES[loss]})
+
+
+def sharpen(system: LayerwiseClassifier) -> LayerwiseClassifier:
+    """Float64, eval mode, and larger head weights so that a random model's confidences spread
+    over (0, 1) and the rules exit at different layers."""
+    system = system.double().eval()
+    with torch.no_grad():
+        for module in system.modules():
+            if isinstance(module, torch.nn.Linear) and module.out_features == NUM_CLASSES:
+                module.weight.mul_(30)
+    return system
+
+
+def vit_batches(count: int, batch_size: int) -> list:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(batch_size, 1, 8, 8, generator=generator, dtype=torch.float64),
+             torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator))
+            for _ in range(count)]
+
+
+def bert_batches(count: int, batch_size: int) -> list:
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(4, 50, (batch_size, 7), generator=generator)
+        lengths = torch.randint(2, 8, (batch_size,), generator=generator)
+        mask = (torch.arange(7)[None] < lengths[:, None]).long()  # padding varies per sample
+        batches.append({"input_ids": ids * mask, "attention_mask": mask,
+                        "token_type_ids": torch.zeros_like(ids),
+                        "labels": torch.randint(0, NUM_CLASSES, (batch_size,),
+                                                generator=generator)})
+    return batches
+
+
+def between_observed(values: np.ndarray, quantile: float) -> float:
+    """A threshold halfway between two neighbouring observed values near ``quantile``: no
+    sample sits on it, so round-off cannot flip a decision."""
+    distinct = np.unique(values[np.isfinite(values)])
+    k = min(int(quantile * len(distinct)), len(distinct) - 2)
+    return float((distinct[k] + distinct[k + 1]) / 2)
+
+
+def rules_for(cache: ExitSignalCache) -> list[ExitRule]:
+    probabilities = torch.from_numpy(cache.logits).softmax(-1)
+    confidence = probabilities.max(-1).values.numpy()
+    entropy = -(probabilities * probabilities.log()).sum(-1).numpy()
+    return [ConfidenceRule(between_observed(confidence, 0.5)),
+            EntropyRule(between_observed(entropy, 0.5)),
+            PatienceRule(1), PatienceRule(2),
+            StateRule(between_observed(cache.layer_cosine, 0.5)),
+            BudgetRule(2)]
+
+
+@pytest.fixture(params=["vit-aligned", "vit-multiexit", "bert-aligned", "bert-multiexit"])
+def model_and_data(request, tmp_path):
+    family, loss = request.param.split("-")
+    if family == "vit":
+        return sharpen(tiny_vit_system(loss)), vit_batches(2, 32)
+    return sharpen(tiny_bert_system(loss, tmp_path)), bert_batches(2, 32)
+
+
+def test_block_by_block_features_equal_layer_features(model_and_data):
+    system, batches = model_and_data
+    inputs, _ = unpack(batches[0])
+    backbone = system.backbone
+    with torch.no_grad():
+        blockwise = LayerwiseBackbone.layer_features(backbone, inputs)
+        torch.testing.assert_close(blockwise, backbone.layer_features(inputs))
+
+
+def test_logits_at_a_layer_equal_that_layer_of_layer_logits(model_and_data):
+    system, batches = model_and_data
+    inputs, _ = unpack(batches[0])
+    with torch.no_grad():
+        features = system.backbone.layer_features(inputs)  # (L, B, D)
+        stacked = system.objective.layer_logits(features, system.backbone.head)
+        for layer in range(1, system.num_layers + 1):
+            single = system.objective.logits_at(layer, features[layer - 1], system.backbone.head)
+            torch.testing.assert_close(single, stacked[layer - 1])
+
+
+def test_real_inference_equals_the_simulation_for_every_rule(model_and_data):
+    """Exactly: same predictions, same exit layers, in float64 with thresholds between observed
+    values (in float32, a block run on fewer rows can differ by ~1e-7 and flip a sample that sits
+    on a threshold; the decision logic itself is shared)."""
+    system, batches = model_and_data
+    cache = collect_exit_signals(system, batches, progress=False)
+    rules = rules_for(cache)
+    exit_layers_seen = set()
+    for rule in rules:
+        simulated = simulate(rule, cache)
+        real, labels = EarlyExitClassifier(system, rule).predict(batches)
+        assert torch.equal(real.exit_layers, simulated.exit_layers), rule
+        assert torch.equal(real.predictions, simulated.predictions), rule
+        assert labels.tolist() == cache.labels.tolist()
+        exit_layers_seen |= set(real.exit_layers.tolist())
+    assert len(exit_layers_seen) >= 3  # the rules really exit at several depths
+
+
+def test_batch_size_one_equals_batch_size_64():
+    system = sharpen(tiny_vit_system("multiexit"))
+    (images, labels), = vit_batches(1, 64)
+    cache = collect_exit_signals(system, [(images, labels)], progress=False)
+    for rule in rules_for(cache):
+        classifier = EarlyExitClassifier(system, rule)
+        whole = classifier(images)
+        one_by_one = [classifier(images[i:i + 1]) for i in range(64)]
+        assert torch.equal(whole.exit_layers, torch.cat([r.exit_layers for r in one_by_one]))
+        assert torch.equal(whole.predictions, torch.cat([r.predictions for r in one_by_one]))
+
+
+def test_exited_samples_are_not_computed_by_later_blocks():
+    system = sharpen(tiny_vit_system("aligned"))
+    (images, labels), = vit_batches(1, 64)
+    rule = rules_for(collect_exit_signals(system, [(images, labels)], progress=False))[0]
+    rows_seen = []
+    hooks = [block.register_forward_hook(lambda m, args, out: rows_seen.append(len(args[0])))
+             for block in system.backbone.model.blocks]
+    result = EarlyExitClassifier(system, rule)(images)
+    for hook in hooks:
+        hook.remove()
+    running = [int((result.exit_layers >= layer).sum()) for layer in range(1, NUM_LAYERS + 1)]
+    assert rows_seen == [n for n in running if n > 0]  # block l ran on the survivors only
+    assert rows_seen[0] == 64 and rows_seen[-1] < 64
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("name, paper", [("deit_small_patch16_224", 16.08),
+                                         ("deit_base_patch16_224", 8.89)])
+def test_parameter_saving_reproduces_the_papers_deit_figures(name, paper):
+    model = timm.create_model(name, pretrained=False, num_classes=1000)
+    total = sum(p.numel() for p in model.parameters())
+    shape = (len(model.blocks), model.num_features, 1000)
+    # The paper's convention: head weights without biases, over the per-layer-head model.
+    assert shared_head_saving(total, *shape, bias=False) == pytest.approx(paper, abs=0.005)
+    assert shared_head_saving(total, *shape) > paper  # biases included: 16.11 / 8.90
+
+
+def test_parameter_summary_counts_what_multiexit_adds():
+    system = tiny_vit_system("multiexit")
+    summary = parameter_summary(system.backbone)
+    assert summary["per_layer_heads_extra"] == system.objective.extra_parameters()
+    assert summary["model"] == sum(p.numel() for p in system.backbone.parameters())
