@@ -43,18 +43,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         system.num_layers, system.backbone.head_parameters(), extra,
     )
 
-    # The best epoch (by the headline val metric) and last.ckpt, rewritten every epoch: the
-    # point a killed run resumes from.
+    # The best epoch by the headline val metric, and last.ckpt rewritten after every epoch: the
+    # point a killed run resumes from. (Lightning's own save_last only follows top-k saves.)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,
         monitor=headline_key("val", metrics[0]),
         mode="max",
-        save_last=True,
+    )
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
     )
     logger = build(cfg.logger) if cfg.get("logger") else False
-    callbacks = [checkpoint, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed)]
+    callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed)]
     try:
         trainer: L.Trainer = build(
             cfg.trainer, default_root_dir=str(run_dir), logger=logger, callbacks=callbacks
@@ -82,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def evaluate_best(trainer, system, datamodule, checkpoint, cfg, metrics, train_time) -> dict:
     """Validate and test the best checkpoint; the results.json dict."""
-    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best = checkpoint.best_model_path
     val = trainer.validate(system, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test = trainer.test(system, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     layers, headline = system.num_layers, metrics[0]
