@@ -1,4 +1,4 @@
-"""AdamW with linear warm-up then cosine decay, stepped every optimisation step."""
+"""AdamW with linear warm-up then cosine or linear decay, stepped every optimisation step."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import math
 
 import torch
 from torch import nn
+
+from aligned.config import ConfigError
+
+DECAYS = ("cosine", "linear")
 
 
 def adamw_with_warmup_cosine(
@@ -16,19 +20,24 @@ def adamw_with_warmup_cosine(
     betas: tuple[float, float] = (0.9, 0.999),
     warmup_fraction: float = 0.1,
     min_lr_ratio: float = 0.0,
+    decay: str = "cosine",
 ) -> dict:
     """Lightning's ``configure_optimizers`` dict.
 
+    ``decay``: ``cosine`` (timm/DeiT recipes) or ``linear`` (HF's BERT fine-tuning default and
+    the paper's GPT-2 recipe), from the peak after warm-up down to ``min_lr_ratio`` × lr.
     Biases and norm weights (1-D parameters) get no weight decay, as in timm and HF training.
     """
-    decay, no_decay = [], []
+    if decay not in DECAYS:
+        raise ConfigError(f"optim.decay={decay!r} is not one of {', '.join(DECAYS)}.")
+    decayed, not_decayed = [], []
     for param in module.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            (not_decayed if param.ndim <= 1 else decayed).append(param)
     optimizer = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": decayed, "weight_decay": weight_decay},
+            {"params": not_decayed, "weight_decay": 0.0},
         ],
         lr=lr,
         betas=tuple(betas),
@@ -38,9 +47,9 @@ def adamw_with_warmup_cosine(
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return min_lr_ratio + (1 - min_lr_ratio) * cosine
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        remaining = 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return min_lr_ratio + (1 - min_lr_ratio) * remaining
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
