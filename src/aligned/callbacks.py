@@ -20,31 +20,16 @@ class RunConfigInCheckpoint(Callback):
 
 
 class EpochSeed(Callback):
-    """Reseeds every RNG from (seed, epoch) before each epoch draws its shuffle order.
+    """Reseeds every RNG from (seed, epoch) at the start of each training epoch.
 
-    The epoch's shuffling, augmentation and dropout then do not depend on what ran before, so
-    a run resumed from an end-of-epoch checkpoint continues exactly as an uninterrupted one.
-    Lightning creates the first epoch's data iterator (and draws its order) before
-    ``on_train_epoch_start``, so the first epoch of a process is seeded at fit start, again
-    after the sanity check (creating its val iterator draws from the global RNG).
+    An epoch's augmentation and dropout then do not depend on what ran before (sanity check,
+    a resumed run's restart bookkeeping), so a run resumed from an end-of-epoch checkpoint
+    continues exactly as an uninterrupted one. The shuffle order comes from
+    ``EpochShuffleSampler``, which depends on (seed, epoch) alone.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.first_epoch = 0
-
-    def _seed(self, epoch: int) -> None:
-        L.seed_everything(self.seed + 1000 * epoch, workers=True, verbose=False)
-
-    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
-        self.first_epoch = checkpoint["epoch"] + 1  # checkpoints are written at epoch end
-
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._seed(self.first_epoch)
-
-    def on_sanity_check_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._seed(self.first_epoch)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.current_epoch > self.first_epoch:
-            self._seed(trainer.current_epoch)
+        L.seed_everything(self.seed + 1000 * trainer.current_epoch, workers=True, verbose=False)

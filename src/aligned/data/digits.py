@@ -11,6 +11,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from aligned.config import ConfigError
+from aligned.data.sampling import EpochShuffleSampler
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -90,7 +91,10 @@ class DigitsDataModule(L.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["train"], batch_size=self.batch_size, shuffle=True)
+        sampler = EpochShuffleSampler(self.splits["train"])
+        return DataLoader(
+            self.splits["train"], self.batch_size, sampler=sampler, generator=sampler.generator
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["val"], batch_size=256)
