@@ -69,6 +69,13 @@ def test_evaluate_writes_json_figures_and_report(checkpoints, tmp_path):
             assert entry["real"]["same_exit_layers"] >= 0.99  # float32 round-off at most
         assert model["parameters"]["per_layer_heads_extra"] == (layers - 1) * (10 * 32 + 10)
     assert "## Early exit" in (tmp_path / "report.md").read_text()
+    matched = evaluation["early_exit_matched"]["rules"]
+    assert set(matched) == {"confidence", "entropy", "patience", "state", "budget"}
+    for entry in matched.values():
+        for point in entry["points"]:
+            assert point["difference"] == pytest.approx(
+                point["accuracy"] - point["reference_accuracy"])
+    assert "aligned vs standard at matched mean exit layer" in (tmp_path / "report.md").read_text()
     for figure in ("layer_accuracy", "similarity", "cos_to_last", "saturation", "class_mean_pca",
                    "early_exit"):
         assert (tmp_path / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"

@@ -24,7 +24,13 @@ from aligned.exit_rules import (
     StateRule,
     make_rule,
 )
-from aligned.exit_sweep import choose_threshold, early_exit_summary, simulate
+from aligned.exit_sweep import (
+    accuracy_at_depth,
+    choose_threshold,
+    early_exit_summary,
+    matched_comparison,
+    simulate,
+)
 from aligned.layerwise_pass import ExitSignalCache, collect_exit_signals
 from aligned.parameter_count import parameter_summary, shared_head_saving
 from aligned.system import LayerwiseClassifier, unpack
@@ -213,6 +219,39 @@ def model_and_data(request, tmp_path):
     if family == "vit":
         return sharpen(tiny_vit_system(loss)), vit_batches(2, 32)
     return sharpen(tiny_bert_system(loss, tmp_path)), bert_batches(2, 32)
+
+
+def curve(*points: tuple[float, float]) -> list[dict[str, float]]:
+    return [{"mean_exit_layer": depth, "accuracy": accuracy} for depth, accuracy in points]
+
+
+def test_accuracy_at_depth_reads_the_upper_envelope_linearly():
+    points = curve((1.0, 0.80), (2.0, 0.90), (3.0, 0.88), (4.0, 0.95))
+    assert accuracy_at_depth(points, 1.5) == pytest.approx(0.85)
+    assert accuracy_at_depth(points, 3.0) == pytest.approx(0.90)  # 0.88 is dominated by depth 2
+    assert accuracy_at_depth(points, 0.5) is None and accuracy_at_depth(points, 4.5) is None
+
+
+def summary_of(full: float, points: list[dict[str, float]]) -> dict:
+    return {"full_depth_accuracy": {"test": full}, "rules": {"confidence": {"test_curve": points}}}
+
+
+def test_matched_comparison_only_inside_the_region_near_full_depth():
+    ours = summary_of(0.95, curve((1.0, 0.70), (2.0, 0.94), (3.0, 0.95)))
+    theirs = summary_of(0.96, curve((1.5, 0.80), (2.5, 0.95), (3.0, 0.96)))
+    matched = matched_comparison(ours, theirs, region=0.02)["rules"]["confidence"]
+    # Depth 1.0 is outside theirs; 1.5 and 2.0 are more than 2 points below a full depth.
+    assert [p["mean_exit_layer"] for p in matched["points"]] == [2.5, 3.0]
+    # 0.945 - 0.95 at depth 2.5, 0.95 - 0.96 at depth 3.0:
+    assert matched["min_difference"] == pytest.approx(-0.01)
+    assert matched["max_abs_difference"] == pytest.approx(0.01)
+
+
+def test_matched_comparison_of_a_model_with_itself_is_zero():
+    ours = summary_of(0.9, curve((1.0, 0.89), (2.0, 0.9)))
+    matched = matched_comparison(ours, ours)["rules"]["confidence"]
+    assert matched["points"] and matched["max_abs_difference"] == 0.0
+
 
 
 def test_block_by_block_features_equal_layer_features(model_and_data):

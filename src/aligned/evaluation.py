@@ -15,7 +15,7 @@ from aligned.checkpoints import load_system, read_checkpoint
 from aligned.config import ConfigError, build
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_rules import make_rule
-from aligned.exit_sweep import early_exit_summary, operating_point, simulate
+from aligned.exit_sweep import early_exit_summary, matched_comparison, operating_point, simulate
 from aligned.layerwise_pass import (
     ExitSignalCache,
     LayerwiseOutputs,
@@ -119,6 +119,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     evaluation = dict(analysed[0][0])
     if len(analysed) > 1:
         evaluation["compare_to"] = analysed[1][0]
+        if all("early_exit" in summary for summary in summaries.values()):
+            # Each rule's test curve against the other model's at matched mean exit layer.
+            evaluation["early_exit_matched"] = matched_comparison(
+                analysed[0][0]["early_exit"], analysed[1][0]["early_exit"]
+            )
     (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
 
     figures = {
@@ -134,7 +139,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if all("early_exit" in summary for summary in summaries.values()):
         figures["early_exit"] = plots.early_exit_curves(summaries)
     figure_paths = {name: plots.save(fig, run_dir / f"{name}.png") for name, fig in figures.items()}
-    write_report(run_dir / "report.md", summaries, figure_paths)
+    write_report(run_dir / "report.md", summaries, figure_paths,
+                 evaluation.get("early_exit_matched"))
     if cfg.get("wandb"):
         from aligned.wandb_evaluation import log_evaluation
 

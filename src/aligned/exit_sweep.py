@@ -114,3 +114,41 @@ def accuracy_at_depth(curve: list[dict[str, float]], mean_exit_layer: float) -> 
     if not depths[0] <= mean_exit_layer <= depths[-1]:
         return None
     return float(np.interp(mean_exit_layer, depths, best))
+
+
+def matched_comparison(
+    summary: dict[str, Any], reference: dict[str, Any], region: float = 0.02
+) -> dict[str, Any]:
+    """Test accuracy of ``summary``'s model minus ``reference``'s at matched mean exit layer, per
+    rule, on the part of the curves where both are within ``region`` of their full-depth test
+    accuracy (the paper's claim: one shared head on par with per-layer heads).
+
+    Compared at every mean exit layer either curve has in that region, each curve read through
+    its upper envelope (``accuracy_at_depth``).
+    """
+    rules = {}
+    for name, entry in summary["rules"].items():
+        if name not in reference["rules"]:
+            continue
+        curves = (entry["test_curve"], reference["rules"][name]["test_curve"])
+        fulls = (summary["full_depth_accuracy"]["test"], reference["full_depth_accuracy"]["test"])
+        depths = sorted({p["mean_exit_layer"] for curve in curves for p in curve})
+        gaps = []
+        for depth in depths:
+            accuracies = [accuracy_at_depth(curve, depth) for curve in curves]
+            if any(a is None or a < full - region
+                   for a, full in zip(accuracies, fulls, strict=True)):
+                continue
+            gaps.append({"mean_exit_layer": depth, "accuracy": accuracies[0],
+                         "reference_accuracy": accuracies[1],
+                         "difference": accuracies[0] - accuracies[1]})
+        differences = [g["difference"] for g in gaps]
+        rules[name] = {
+            "points": gaps,
+            "min_difference": min(differences) if gaps else None,
+            "max_difference": max(differences) if gaps else None,
+            "max_abs_difference": max(map(abs, differences)) if gaps else None,
+        }
+    return {"region": region, "rules": rules,
+            "note": "difference = this model's test accuracy - the reference's, at matched mean "
+                    "exit layer, where both are within `region` of their full depth"}

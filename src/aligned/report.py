@@ -9,7 +9,10 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def write_report(path: Path, summaries: dict[str, dict], figures: dict[str, Path]) -> None:
+def write_report(
+    path: Path, summaries: dict[str, dict], figures: dict[str, Path],
+    early_exit_matched: dict | None = None,
+) -> None:
     first = next(iter(summaries.values()))
     lines = [
         "# Layer-wise evaluation",
@@ -43,6 +46,8 @@ def write_report(path: Path, summaries: dict[str, dict], figures: dict[str, Path
         lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
     if all("early_exit" in s for s in summaries.values()):
         lines += _early_exit_lines(summaries)
+    if early_exit_matched:
+        lines += _matched_lines(list(summaries), early_exit_matched)
     lines += _parameter_lines(summaries)
     lines += ["", "## Figures", ""]
     for name, figure in figures.items():
@@ -78,6 +83,29 @@ def _early_exit_lines(summaries: dict[str, dict]) -> list[str]:
                 f"| {_pct(chosen['accuracy'])} | {full} | {chosen['mean_exit_layer']:.2f} "
                 f"| {chosen['speedup']:.2f} | {chosen['relative_flops']:.2f} | {same} |"
             )
+    return lines
+
+
+def _matched_lines(names: list[str], matched: dict) -> list[str]:
+    first, second = names
+    lines = [
+        "", f"### {first} vs {second} at matched mean exit layer", "",
+        f"Test accuracy of {first} minus {second}, in points, at every mean exit layer of "
+        f"either curve where both are within {_pct(matched['region'])} points of their full "
+        "depth (each curve's upper envelope, linear between its points).", "",
+        "| rule | compared depths | min difference | max difference | max abs difference |",
+        "|---|---|---|---|---|",
+    ]
+    for rule, entry in matched["rules"].items():
+        if not entry["points"]:
+            lines.append(f"| {rule} | none in the region | | | |")
+            continue
+        depths = [p["mean_exit_layer"] for p in entry["points"]]
+        lines.append(
+            f"| {rule} | {len(depths)} ({min(depths):.2f}–{max(depths):.2f}) "
+            f"| {100 * entry['min_difference']:+.1f} | {100 * entry['max_difference']:+.1f} "
+            f"| {100 * entry['max_abs_difference']:.1f} |"
+        )
     return lines
 
 
