@@ -183,10 +183,11 @@ def vit_batches(count: int, batch_size: int) -> list:
 def bert_batches(count: int, batch_size: int) -> list:
     generator = torch.Generator().manual_seed(1)
     batches = []
-    for _ in range(count):
-        ids = torch.randint(4, 50, (batch_size, 7), generator=generator)
-        lengths = torch.randint(2, 8, (batch_size,), generator=generator)
-        mask = (torch.arange(7)[None] < lengths[:, None]).long()  # padding varies per sample
+    for index in range(count):
+        width = 7 - 2 * (index % 2)  # batches padded to different lengths, as a loader pads
+        ids = torch.randint(4, 50, (batch_size, width), generator=generator)
+        lengths = torch.randint(2, width + 1, (batch_size,), generator=generator)
+        mask = (torch.arange(width)[None] < lengths[:, None]).long()  # padding varies per sample
         batches.append({"input_ids": ids * mask, "attention_mask": mask,
                         "token_type_ids": torch.zeros_like(ids),
                         "labels": torch.randint(0, NUM_CLASSES, (batch_size,),
@@ -253,7 +254,6 @@ def test_matched_comparison_of_a_model_with_itself_is_zero():
     assert matched["points"] and matched["max_abs_difference"] == 0.0
 
 
-
 def test_block_by_block_features_equal_layer_features(model_and_data):
     system, batches = model_and_data
     inputs, _ = unpack(batches[0])
@@ -290,6 +290,38 @@ def test_real_inference_equals_the_simulation_for_every_rule(model_and_data):
         assert labels.tolist() == cache.labels.tolist()
         exit_layers_seen |= set(real.exit_layers.tolist())
     assert len(exit_layers_seen) >= 3  # the rules really exit at several depths
+
+
+def test_pooled_inference_equals_the_simulation_for_every_rule(model_and_data):
+    """Survivors of both batches (text: padded to different lengths) run blocks together."""
+    system, batches = model_and_data
+    cache = collect_exit_signals(system, batches, progress=False)
+    for rule in rules_for(cache):
+        simulated = simulate(rule, cache)
+        pooled, labels = EarlyExitClassifier(system, rule).predict(batches, pool_size=20)
+        assert torch.equal(pooled.exit_layers, simulated.exit_layers), rule
+        assert torch.equal(pooled.predictions, simulated.predictions), rule
+        assert labels.tolist() == cache.labels.tolist()
+
+
+def test_pooled_blocks_run_on_full_pools_until_the_final_flush():
+    system = sharpen(tiny_vit_system("aligned"))
+    batches = vit_batches(6, 16)
+    rule = ConfidenceRule(0.6)
+    calls = []  # (block, rows) per call
+    hooks = [block.register_forward_hook(
+        lambda m, args, out, layer=layer: calls.append((layer, len(args[0]))))
+        for layer, block in enumerate(system.backbone.model.blocks, start=1)]
+    result, _ = EarlyExitClassifier(system, rule).predict(batches, pool_size=32)
+    for hook in hooks:
+        hook.remove()
+    for layer in range(1, NUM_LAYERS + 1):  # every sample that reached block l ran it once
+        assert sum(rows for block, rows in calls if block == layer) == int(
+            (result.exit_layers >= layer).sum())
+    # Only the final flush, at most once per block, runs on fewer than pool_size samples.
+    partial = [block for block, rows in calls if rows < 32]
+    assert len(partial) == len(set(partial)) <= NUM_LAYERS
+    assert len(calls) < NUM_LAYERS * len(batches)  # fewer, larger block calls than per batch
 
 
 def test_batch_size_one_equals_batch_size_64():

@@ -11,6 +11,7 @@ float32; in float64 the agreement is exact in practice, which is how the tests c
     from aligned.exit import load_early_exit
     classifier = load_early_exit("run/checkpoints/last.ckpt", "confidence", 0.9)
     result = classifier(images)     # result.predictions (B,), result.exit_layers (B,) in 1..L
+    result, labels = classifier.predict(loader, pool_size=64)   # survivors pooled across batches
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from aligned.checkpoints import load_system, read_checkpoint
+from aligned.exit_pooled import PooledEarlyExit
 from aligned.exit_rules import ExitResult, ExitRule, LayerSignals, exit_layer_by_layer, make_rule
 from aligned.similarity import sample_cosine
 from aligned.system import LayerwiseClassifier, unpack
@@ -69,15 +71,27 @@ class EarlyExitClassifier:
         return exit_layer_by_layer(self.rule, backbone.num_layers, batch_size_of(inputs),
                                    signals_after, device=system.device)
 
-    def predict(self, dataloader: Iterable) -> tuple[ExitResult, torch.Tensor]:
-        """The early-exit result over a whole loader (CPU tensors) and its labels."""
-        results, labels = [], []
-        for batch in dataloader:
-            inputs, target = unpack(batch)
-            result = self(inputs)
-            results.append(ExitResult(result.predictions.cpu(), result.exit_layers.cpu()))
-            labels.append(target)
-        return ExitResult.cat(results), torch.cat(labels)
+    def predict(
+        self, dataloader: Iterable, pool_size: int | None = None
+    ) -> tuple[ExitResult, torch.Tensor]:
+        """The early-exit result over a whole loader (CPU tensors) and its labels.
+
+        ``pool_size``: None runs each batch on its own; a number pools the survivors of
+        successive batches per layer until that many are pending (``aligned.exit_pooled``).
+        """
+        labels = []
+
+        def inputs_of_batches() -> Iterable[Any]:
+            for batch in dataloader:
+                inputs, target = unpack(batch)
+                labels.append(target)
+                yield inputs
+
+        if pool_size is not None:
+            result = PooledEarlyExit(self.system, self.rule, pool_size).run(inputs_of_batches())
+        else:
+            result = ExitResult.cat([self(inputs) for inputs in inputs_of_batches()])
+        return ExitResult(result.predictions.cpu(), result.exit_layers.cpu()), torch.cat(labels)
 
 
 def load_early_exit(ckpt_path: str | Path, rule: str | ExitRule,

@@ -57,6 +57,14 @@ class LayerwiseBackbone(nn.Module):
         """The feature the head reads after a block, (B, D)."""
         raise NotImplementedError
 
+    def merge_states(self, states: list[BlockState]) -> BlockState:
+        """One batch of the samples of several states (pooled early exit). Same-shaped rows are
+        concatenated; a backbone whose rows can differ in length (text) overrides this."""
+        extras = {key: None if states[0].extras[key] is None
+                  else torch.cat([state.extras[key] for state in states])
+                  for key in states[0].extras}
+        return BlockState(torch.cat([state.tokens for state in states]), extras)
+
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """The shared classifier: (..., D) -> (..., C)."""
         raise NotImplementedError

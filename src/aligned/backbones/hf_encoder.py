@@ -88,6 +88,17 @@ class HFEncoder(LayerwiseBackbone):
         )
         return BlockState(embedded, {"attention_mask": mask, "block_mask": block_mask})
 
+    def merge_states(self, states: list[BlockState]) -> BlockState:
+        """Batches padded to different lengths: pad every state to the longest (masked), and
+        rebuild the blocks' mask from the padded attention mask."""
+        length = max(state.tokens.shape[1] for state in states)
+        tokens = torch.cat([pad_tokens(state.tokens, length) for state in states])
+        mask = torch.cat([pad_tokens(state.extras["attention_mask"], length) for state in states])
+        block_mask = create_bidirectional_mask(
+            config=self.model.bert.config, inputs_embeds=tokens, attention_mask=mask
+        )
+        return BlockState(tokens, {"attention_mask": mask, "block_mask": block_mask})
+
     def run_block(self, layer: int, state: BlockState) -> BlockState:
         block = self.model.bert.encoder.layer[layer - 1]
         return BlockState(block(state.tokens, state.extras["block_mask"]), state.extras)
@@ -101,6 +112,15 @@ class HFEncoder(LayerwiseBackbone):
     def head_parameters(self) -> int:
         return sum(p.numel() for p in self.model.classifier.parameters())
 
+
+
+def pad_tokens(values: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad dim 1 (tokens) of (B, T, ...) to ``length``; padding is masked out."""
+    missing = length - values.shape[1]
+    if missing == 0:
+        return values
+    padding = values.new_zeros(values.shape[0], missing, *values.shape[2:])
+    return torch.cat([values, padding], dim=1)
 
 def _load(name_or_path: str, num_classes: int, pretrained: bool) -> torch.nn.Module:
     local = Path(name_or_path).expanduser()

@@ -1,0 +1,107 @@
+"""Pooled early exit: survivors of several batches run the next block together.
+
+Per-batch early exit (``EarlyExitClassifier.__call__``) runs block l on whatever is left of one
+batch; after a few layers that is a handful of samples, and a block's fixed per-call cost
+(kernel launches, Python) is paid for each handful. Over a stream of batches (a data loader,
+a request queue), the survivors can wait per layer until ``pool_size`` of them are pending, so
+every block runs on a full batch and the compute saved by exiting becomes time saved.
+
+Each sample's decisions read only its own signals, so predictions and exit layers are those of
+per-batch early exit (up to float round-off of other batch shapes); results come back in input
+order. Pending samples are at most about 2 × ``pool_size`` per layer, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from aligned.backbones.base import BlockState
+from aligned.exit_rules import ExitResult, ExitRule, LayerSignals, State
+from aligned.similarity import sample_cosine
+from aligned.system import LayerwiseClassifier
+
+
+@dataclass
+class Pending:
+    """Samples waiting for the same block: their input positions, block state, rule state and
+    (for rules that read the cosine) the features after the previous block."""
+
+    ids: torch.Tensor  # (n,)
+    state: BlockState
+    rule_state: State
+    previous: torch.Tensor | None  # (n, D)
+
+
+class PooledEarlyExit:
+    def __init__(self, system: LayerwiseClassifier, rule: ExitRule, pool_size: int) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}.")
+        self.system, self.rule, self.pool_size = system.eval(), rule, pool_size
+        self.num_layers = system.backbone.num_layers
+        self.queues: list[list[Pending]] = [[] for _ in range(self.num_layers + 2)]
+        self.exited: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @torch.inference_mode()
+    def run(self, batches: Iterable[Any]) -> ExitResult:
+        """Early exit over ``batches`` (model inputs), results in input order."""
+        system, backbone, device = self.system, self.system.backbone, self.system.device
+        seen = 0
+        for inputs in batches:
+            inputs = system.transfer_batch_to_device(inputs, device, 0)
+            state = backbone.begin(inputs)
+            size = len(state.tokens)
+            ids = torch.arange(seen, seen + size, device=device)
+            seen += size
+            self.queues[1].append(
+                Pending(ids, state, self.rule.initial_state(size, device), None)
+            )
+            while (layer := self._deepest_full_queue()) is not None:
+                self._run_layer(layer)
+        for layer in range(1, self.num_layers + 1):  # flush: survivors move down as we go
+            if self.queues[layer]:
+                self._run_layer(layer)
+
+        predictions = torch.empty(seen, dtype=torch.long, device=device)
+        exit_layers = torch.empty(seen, dtype=torch.long, device=device)
+        for ids, predicted, layers in self.exited:
+            predictions[ids], exit_layers[ids] = predicted, layers
+        self.exited = []
+        return ExitResult(predictions, exit_layers)
+
+    def _deepest_full_queue(self) -> int | None:
+        for layer in range(self.num_layers, 0, -1):  # deepest first: frees memory soonest
+            if sum(len(p.ids) for p in self.queues[layer]) >= self.pool_size:
+                return layer
+        return None
+
+    def _run_layer(self, layer: int) -> None:
+        system, backbone, rule = self.system, self.system.backbone, self.rule
+        group, self.queues[layer] = self.queues[layer], []
+        ids = torch.cat([p.ids for p in group])
+        state = group[0].state if len(group) == 1 else backbone.merge_states(
+            [p.state for p in group])
+        rule_state = {key: torch.cat([p.rule_state[key] for p in group])
+                      for key in group[0].rule_state}
+
+        state = backbone.run_block(layer, state)
+        features = backbone.read(state)  # (n, D)
+        logits = system.objective.logits_at(layer, features, backbone.head)  # (n, C)
+        cosine = None
+        if rule.reads_cosine:
+            cosine = (torch.full((len(ids),), torch.nan, device=ids.device) if layer == 1
+                      else sample_cosine(torch.cat([p.previous for p in group]), features))
+        leaving, rule_state = rule.exits(layer, LayerSignals(logits, cosine), rule_state)
+        if layer == self.num_layers:
+            leaving = torch.ones_like(leaving)
+        self.exited.append((ids[leaving], logits[leaving].argmax(-1),
+                            torch.full_like(ids[leaving], layer)))
+        keep = ~leaving
+        if keep.any():
+            self.queues[layer + 1].append(Pending(
+                ids[keep], state.select(keep), {k: v[keep] for k, v in rule_state.items()},
+                features[keep] if rule.reads_cosine else None,
+            ))
