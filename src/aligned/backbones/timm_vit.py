@@ -75,6 +75,10 @@ class TimmViT(LayerwiseBackbone):
 
     def readout(self, tokens: torch.Tensor) -> torch.Tensor:
         """What the classifier reads from a block's tokens (B, N, D) -> (B, D)."""
+        if self.model.global_pool == "token":
+            # The norm is per token, so normalising the CLS token alone gives the same feature
+            # for 1/N of the work: it runs after every block, in training and in early exit.
+            tokens = tokens[:, :1]
         return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
 
     def begin(self, images: torch.Tensor) -> BlockState:
