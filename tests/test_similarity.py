@@ -120,11 +120,45 @@ ROUTES = pytest.mark.parametrize("num_samples, dim", [(24, 40), (60, 6)], ids=["
 @ROUTES
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_linear_cka_matches_direct_formula(num_samples: int, dim: int, unbiased: bool):
-    features = layered_features(4, num_samples, dim)
+    features = layered_features(4, num_samples, dim).double()  # float64 end to end
     expected = slow_linear_cka(features, unbiased)
     assert torch.allclose(linear_cka(features, unbiased=unbiased), expected, atol=1e-10)
     off_diagonal = expected[~torch.eye(4, dtype=torch.bool)]
     assert off_diagonal.max() < 0.99 and off_diagonal.min() > 0.05  # a non-trivial check
+
+
+@ROUTES
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_cka_of_float32_features_is_float32_accurate(num_samples, dim, unbiased):
+    """The feature route multiplies float32 input in float32 (summing in float64)."""
+    features = layered_features(4, num_samples, dim)  # float32
+    cka = linear_cka(features, unbiased=unbiased)
+    assert cka.dtype == torch.float64
+    assert torch.allclose(cka, slow_linear_cka(features.double(), unbiased), atol=1e-6)
+
+
+def test_float32_products_ignore_a_lowered_matmul_precision(monkeypatch):
+    """Training code often sets 'medium' (TF32/bfloat16 matmuls); CKA must not inherit it, and
+    must leave the user's setting as it found it."""
+    features = layered_features(3, 60, 6)
+    exact = linear_cka(features)
+    seen = []
+    original = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        if a.dtype == torch.float32:
+            seen.append(torch.get_float32_matmul_precision())
+        return original(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        assert torch.equal(linear_cka(features), exact)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen and set(seen) == {"highest"}
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
@@ -146,13 +180,14 @@ def cka_variants():
 
 
 @pytest.mark.parametrize("variant", list(cka_variants()))
-def test_cka_of_a_layer_with_itself_is_one_and_matrix_symmetric(variant: str):
-    base = layered_features(3, 100, 8)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_cka_of_a_layer_with_itself_is_one_and_matrix_symmetric(variant, dtype, tolerance):
+    base = layered_features(3, 100, 8).to(dtype)
     features = torch.cat([base, base[:1]])  # layer 4 is a copy of layer 1
     cka = cka_variants()[variant](features)
     assert cka.shape == (4, 4) and cka.dtype == torch.float64
     assert torch.allclose(cka.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-12)
-    assert cka[0, 3] == pytest.approx(1.0, abs=1e-12)
+    assert cka[0, 3] == pytest.approx(1.0, abs=tolerance)
     assert torch.equal(cka, cka.T)
     assert cka[0, 1] < 0.99  # different layers are not all 1
 
