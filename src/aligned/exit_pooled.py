@@ -8,7 +8,8 @@ every block runs on a full batch and the compute saved by exiting becomes time s
 
 Each sample's decisions read only its own signals, so predictions and exit layers are those of
 per-batch early exit (up to float round-off of other batch shapes); results come back in input
-order. Pending samples are at most about 2 × ``pool_size`` per layer, so memory stays bounded.
+order. A block runs on everything pending for it once that reaches ``pool_size``, so a call
+holds fewer than L × ``pool_size`` + one input batch samples: memory stays bounded.
 """
 
 from __future__ import annotations
