@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from aligned.backbones.base import BlockState
 from aligned.checkpoints import load_system, read_checkpoint
-from aligned.exit_pooled import PooledEarlyExit
 from aligned.exit_rules import ExitResult, ExitRule, LayerSignals, exit_layer_by_layer, make_rule
 from aligned.similarity import sample_cosine
 from aligned.system import LayerwiseClassifier, unpack
@@ -58,15 +58,9 @@ class EarlyExitClassifier:
             if keep is not None:  # drop the exited rows before the next block
                 state = state.select(keep)
                 previous = None if previous is None else previous[keep]
-            state = backbone.run_block(layer, state)
-            features = backbone.read(state)  # (B, D)
-            logits = system.objective.logits_at(layer, features, backbone.head)  # (B, C)
-            if not self.rule.reads_cosine:
-                return LayerSignals(logits)
-            cosine = (sample_cosine(previous, features) if previous is not None
-                      else torch.full((len(features),), torch.nan, device=features.device))
-            previous = features
-            return LayerSignals(logits, cosine)
+            state, features, signals = run_layer(system, self.rule, layer, state, previous)
+            previous = features if self.rule.reads_cosine else None
+            return signals
 
         return exit_layer_by_layer(self.rule, backbone.num_layers, batch_size_of(inputs),
                                    signals_after, device=system.device)
@@ -88,10 +82,29 @@ class EarlyExitClassifier:
                 yield inputs
 
         if pool_size is not None:
+            from aligned.exit_pooled import PooledEarlyExit  # it builds on run_layer below
+
             result = PooledEarlyExit(self.system, self.rule, pool_size).run(inputs_of_batches())
         else:
             result = ExitResult.cat([self(inputs) for inputs in inputs_of_batches()])
         return ExitResult(result.predictions.cpu(), result.exit_layers.cpu()), torch.cat(labels)
+
+
+def run_layer(
+    system: LayerwiseClassifier, rule: ExitRule, layer: int, state: BlockState,
+    previous: torch.Tensor | None,
+) -> tuple[BlockState, torch.Tensor, LayerSignals]:
+    """Block ``layer`` on ``state``, its read-out (B, D), and what ``rule`` sees: the layer's
+    logits, and for rules that read it the cosine to ``previous`` (NaN without one)."""
+    backbone = system.backbone
+    state = backbone.run_block(layer, state)
+    features = backbone.read(state)  # (B, D)
+    logits = system.objective.logits_at(layer, features, backbone.head)  # (B, C)
+    if not rule.reads_cosine:
+        return state, features, LayerSignals(logits)
+    cosine = (sample_cosine(previous, features) if previous is not None
+              else torch.full((len(features),), torch.nan, device=features.device))
+    return state, features, LayerSignals(logits, cosine)
 
 
 def load_early_exit(ckpt_path: str | Path, rule: str | ExitRule,

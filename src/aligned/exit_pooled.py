@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from aligned.backbones.base import BlockState
-from aligned.exit_rules import ExitResult, ExitRule, LayerSignals, State
-from aligned.similarity import sample_cosine
+from aligned.exit import run_layer
+from aligned.exit_rules import ExitResult, ExitRule, State
 from aligned.system import LayerwiseClassifier
 
 
@@ -80,7 +80,7 @@ class PooledEarlyExit:
         return None
 
     def _run_layer(self, layer: int) -> None:
-        system, backbone, rule = self.system, self.system.backbone, self.rule
+        backbone, rule = self.system.backbone, self.rule
         group, self.queues[layer] = self.queues[layer], []
         ids = torch.cat([p.ids for p in group])
         state = group[0].state if len(group) == 1 else backbone.merge_states(
@@ -88,17 +88,13 @@ class PooledEarlyExit:
         rule_state = {key: torch.cat([p.rule_state[key] for p in group])
                       for key in group[0].rule_state}
 
-        state = backbone.run_block(layer, state)
-        features = backbone.read(state)  # (n, D)
-        logits = system.objective.logits_at(layer, features, backbone.head)  # (n, C)
-        cosine = None
-        if rule.reads_cosine:
-            cosine = (torch.full((len(ids),), torch.nan, device=ids.device) if layer == 1
-                      else sample_cosine(torch.cat([p.previous for p in group]), features))
-        leaving, rule_state = rule.exits(layer, LayerSignals(logits, cosine), rule_state)
-        if layer == self.num_layers:
+        previous = (torch.cat([p.previous for p in group])
+                    if rule.reads_cosine and layer > 1 else None)
+        state, features, signals = run_layer(self.system, rule, layer, state, previous)
+        leaving, rule_state = rule.exits(layer, signals, rule_state)
+        if layer == self.num_layers:  # as in exit_layer_by_layer: everyone leaves at L
             leaving = torch.ones_like(leaving)
-        self.exited.append((ids[leaving], logits[leaving].argmax(-1),
+        self.exited.append((ids[leaving], signals.logits[leaving].argmax(-1),
                             torch.full_like(ids[leaving], layer)))
         keep = ~leaving
         if keep.any():

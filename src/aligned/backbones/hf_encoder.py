@@ -113,7 +113,6 @@ class HFEncoder(LayerwiseBackbone):
         return sum(p.numel() for p in self.model.classifier.parameters())
 
 
-
 def pad_tokens(values: torch.Tensor, length: int) -> torch.Tensor:
     """Zero-pad dim 1 (tokens) of (B, T, ...) to ``length``; padding is masked out."""
     missing = length - values.shape[1]
@@ -121,6 +120,7 @@ def pad_tokens(values: torch.Tensor, length: int) -> torch.Tensor:
         return values
     padding = values.new_zeros(values.shape[0], missing, *values.shape[2:])
     return torch.cat([values, padding], dim=1)
+
 
 def _load(name_or_path: str, num_classes: int, pretrained: bool) -> torch.nn.Module:
     local = Path(name_or_path).expanduser()
