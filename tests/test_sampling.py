@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from aligned.data.sampling import EpochShuffleSampler
+from aligned.data.sampling import EpochShuffleSampler, shuffling
 
 DATA = TensorDataset(torch.arange(50))
 
@@ -36,8 +36,8 @@ def test_default_seed_is_lightnings_global_seed(monkeypatch):
 def test_loader_iterators_leave_the_global_rng_alone():
     """A resumed run creates its first iterator at another point of the global RNG stream;
     a draw from it would shift every later augmentation and dropout mask."""
-    sampler = EpochShuffleSampler(DATA, seed=0)
-    loader = DataLoader(DATA, batch_size=8, sampler=sampler, generator=sampler.generator)
+    loader = DataLoader(DATA, batch_size=8, **shuffling(DATA))
+    sampler = loader.sampler
     torch.manual_seed(0)
     before = torch.get_rng_state()
     batches = [batch for (batch,) in loader]
@@ -49,8 +49,7 @@ def test_lightning_replaces_it_with_a_shuffling_distributed_sampler_under_ddp():
     from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
     from lightning.pytorch.utilities.data import _is_dataloader_shuffled
 
-    sampler = EpochShuffleSampler(DATA, seed=0)
-    loader = DataLoader(DATA, batch_size=8, sampler=sampler, generator=sampler.generator)
+    loader = DataLoader(DATA, batch_size=8, **shuffling(DATA))
     assert _is_dataloader_shuffled(loader)
     replaced = _get_distributed_sampler(
         loader, shuffle=True, overfit_batches=0, num_replicas=2, rank=1

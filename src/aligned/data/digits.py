@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from aligned.config import ConfigError
-from aligned.data.sampling import EpochShuffleSampler
+from aligned.data.sampling import shuffling
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -91,10 +91,8 @@ class DigitsDataModule(L.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffleSampler(self.splits["train"])
-        return DataLoader(
-            self.splits["train"], self.batch_size, sampler=sampler, generator=sampler.generator
-        )
+        train = self.splits["train"]
+        return DataLoader(train, batch_size=self.batch_size, **shuffling(train))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["val"], batch_size=256)

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from aligned.config import ConfigError
-from aligned.data.sampling import EpochShuffleSampler
+from aligned.data.sampling import shuffling
 
 HUB_DATASET = "nyu-mll/glue"
 SPLITS = ("train", "val", "test")
@@ -432,12 +432,10 @@ class GlueDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             self.setup()
-        sampler = EpochShuffleSampler(self.splits[split]) if shuffle else None
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
-            sampler=sampler,
-            generator=sampler.generator if sampler else None,
+            **shuffling(self.splits[split], shuffle),
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

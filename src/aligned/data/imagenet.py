@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from aligned.config import ConfigError
-from aligned.data.sampling import EpochShuffleSampler
+from aligned.data.sampling import shuffling
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -84,12 +84,10 @@ def image_loader(
     dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool | None, shuffle: bool
 ) -> DataLoader:
     """A loader with worker processes kept alive between epochs; pins memory when on CUDA."""
-    sampler = EpochShuffleSampler(dataset) if shuffle else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
-        generator=sampler.generator if sampler else None,
+        **shuffling(dataset, shuffle),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,

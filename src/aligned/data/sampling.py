@@ -21,9 +21,10 @@ class EpochShuffleSampler(RandomSampler):
     ``DistributedSampler`` uses. Being a ``RandomSampler``, it is still replaced by a shuffling
     ``DistributedSampler`` under DDP.
 
-    Pass ``generator=sampler.generator`` to the ``DataLoader`` too: creating an iterator draws a
-    base seed for the workers, from the global RNG unless the loader has a generator, and a
-    resumed run creates its first iterator at another point of that RNG stream.
+    Build loaders with ``shuffling(dataset)``, which also hands the loader this sampler's
+    generator: creating an iterator draws a base seed for the workers, from the global RNG unless
+    the loader has a generator, and a resumed run creates its first iterator at another point of
+    that RNG stream.
     """
 
     def __init__(self, data_source: Sized, seed: int | None = None) -> None:
@@ -37,3 +38,12 @@ class EpochShuffleSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def shuffling(dataset: Sized, shuffle: bool = True) -> dict:
+    """``DataLoader`` keyword arguments: an ``EpochShuffleSampler`` and its generator, or plain
+    sequential order when ``shuffle`` is false."""
+    if not shuffle:
+        return {}
+    sampler = EpochShuffleSampler(dataset)
+    return {"sampler": sampler, "generator": sampler.generator}
