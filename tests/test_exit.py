@@ -324,6 +324,22 @@ def test_pooled_blocks_run_on_full_pools_until_the_final_flush():
     assert len(calls) < NUM_LAYERS * len(batches)  # fewer, larger block calls than per batch
 
 
+def test_a_fixed_budget_reads_out_only_at_its_depth():
+    """Budget t costs t blocks and one read-out + head per sample: nothing is read before t."""
+    system = sharpen(tiny_vit_system("aligned"))
+    batches = vit_batches(2, 16)
+    reads = []  # rows per read-out (the final norm runs only there)
+    hook = system.backbone.model.norm.register_forward_hook(
+        lambda m, args, out: reads.append(len(args[0])))
+    classifier = EarlyExitClassifier(system, BudgetRule(3))
+    for pool_size in (None, 32):
+        reads.clear()
+        result, _ = classifier.predict(batches, pool_size=pool_size)
+        assert (result.exit_layers == 3).all()
+        assert sum(reads) == 32, pool_size
+    hook.remove()
+
+
 def test_batch_size_one_equals_batch_size_64():
     system = sharpen(tiny_vit_system("multiexit"))
     (images, labels), = vit_batches(1, 64)

@@ -53,11 +53,14 @@ class EarlyExitClassifier:
         state = backbone.begin(inputs)
         previous = None  # the survivors' features after the last block, (B, D)
 
-        def signals_after(layer: int, keep: torch.Tensor | None) -> LayerSignals:
+        def signals_after(layer: int, keep: torch.Tensor | None, read: bool) -> LayerSignals | None:
             nonlocal state, previous
             if keep is not None:  # drop the exited rows before the next block
                 state = state.select(keep)
                 previous = None if previous is None else previous[keep]
+            if not read:  # the rule reads nothing here: the block alone
+                state = backbone.run_block(layer, state)
+                return None
             state, features, signals = run_layer(system, self.rule, layer, state, previous)
             previous = features if self.rule.reads_cosine else None
             return signals

@@ -43,8 +43,9 @@ class PooledEarlyExit:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}.")
         self.system, self.rule, self.pool_size = system.eval(), rule, pool_size
         self.num_layers = system.backbone.num_layers
+        self.first_read = min(rule.first_read_layer(), self.num_layers)
         self.queues: list[list[Pending]] = [[] for _ in range(self.num_layers + 2)]
-        self.exited: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.exited: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # ids, predictions, layer
 
     @torch.inference_mode()
     def run(self, batches: Iterable[Any]) -> ExitResult:
@@ -68,8 +69,8 @@ class PooledEarlyExit:
 
         predictions = torch.empty(seen, dtype=torch.long, device=device)
         exit_layers = torch.empty(seen, dtype=torch.long, device=device)
-        for ids, predicted, layers in self.exited:
-            predictions[ids], exit_layers[ids] = predicted, layers
+        for ids, predicted, layer in self.exited:
+            predictions[ids], exit_layers[ids] = predicted, layer
         self.exited = []
         return ExitResult(predictions, exit_layers)
 
@@ -82,23 +83,28 @@ class PooledEarlyExit:
     def _run_layer(self, layer: int) -> None:
         backbone, rule = self.system.backbone, self.rule
         group, self.queues[layer] = self.queues[layer], []
-        ids = torch.cat([p.ids for p in group])
-        state = group[0].state if len(group) == 1 else backbone.merge_states(
-            [p.state for p in group])
-        rule_state = {key: torch.cat([p.rule_state[key] for p in group])
-                      for key in group[0].rule_state}
-
-        previous = (torch.cat([p.previous for p in group])
-                    if rule.reads_cosine and layer > 1 else None)
-        state, features, signals = run_layer(self.system, rule, layer, state, previous)
-        leaving, rule_state = rule.exits(layer, signals, rule_state)
+        pending = group[0] if len(group) == 1 else Pending(  # one batch: nothing to copy
+            torch.cat([p.ids for p in group]),
+            backbone.merge_states([p.state for p in group]),
+            {key: torch.cat([p.rule_state[key] for p in group]) for key in group[0].rule_state},
+            torch.cat([p.previous for p in group]) if group[0].previous is not None else None,
+        )
+        if layer < self.first_read:  # the rule reads nothing here: the block alone, all move on
+            self.queues[layer + 1].append(Pending(
+                pending.ids, backbone.run_block(layer, pending.state), pending.rule_state, None))
+            return
+        state, features, signals = run_layer(self.system, rule, layer, pending.state,
+                                             pending.previous)
+        leaving, rule_state = rule.exits(layer, signals, pending.rule_state)
         if layer == self.num_layers:  # as in exit_layer_by_layer: everyone leaves at L
             leaving = torch.ones_like(leaving)
-        self.exited.append((ids[leaving], signals.logits[leaving].argmax(-1),
-                            torch.full_like(ids[leaving], layer)))
-        keep = ~leaving
-        if keep.any():
+        # Row indices once (one host sync): every per-sample tensor below is gathered with them.
+        exiting, staying = leaving.nonzero().squeeze(1), (~leaving).nonzero().squeeze(1)
+        if len(exiting):
+            self.exited.append((pending.ids[exiting], signals.logits[exiting].argmax(-1), layer))
+        if len(staying):
             self.queues[layer + 1].append(Pending(
-                ids[keep], state.select(keep), {k: v[keep] for k, v in rule_state.items()},
-                features[keep] if rule.reads_cosine else None,
+                pending.ids[staying], state.select(staying),
+                {key: value[staying] for key, value in rule_state.items()},
+                features[staying] if rule.reads_cosine else None,
             ))

@@ -69,6 +69,11 @@ class ExitRule:
     def initial_state(self, batch_size: int, device: torch.device) -> State:
         return {}
 
+    def first_read_layer(self) -> int:
+        """The first layer whose signals the rule reads. Before it nobody can leave, so inference
+        runs the blocks alone (no read-out, head or rule: a fixed budget costs its blocks)."""
+        return 1
+
     def exits(self, layer: int, signals: LayerSignals, state: State) -> tuple[torch.Tensor, State]:
         """(B,) bool exit decisions after ``layer`` and the updated per-sample state."""
         raise NotImplementedError
@@ -130,8 +135,7 @@ class PatienceRule(ExitRule):
 
     def exits(self, layer, signals, state):
         prediction = signals.logits.argmax(-1)  # (B,)
-        same = prediction == state["previous"]
-        unchanged = torch.where(same, state["unchanged"] + 1, torch.zeros_like(state["unchanged"]))
+        unchanged = torch.where(prediction == state["previous"], state["unchanged"] + 1, 0)
         return unchanged >= self.threshold, {"previous": prediction, "unchanged": unchanged}
 
     @staticmethod
@@ -163,6 +167,9 @@ class BudgetRule(ExitRule):
     threshold: float
     name: ClassVar[str] = "budget"
 
+    def first_read_layer(self):
+        return max(1, math.ceil(self.threshold))
+
     def exits(self, layer, signals, state):
         return torch.full(signals.logits.shape[:1], layer >= self.threshold,
                           device=signals.logits.device), state
@@ -187,32 +194,38 @@ def exit_layer_by_layer(
     rule: ExitRule,
     num_layers: int,
     batch_size: int,
-    signals_after: Callable[[int, torch.Tensor | None], LayerSignals],
+    signals_after: Callable[[int, torch.Tensor | None, bool], LayerSignals | None],
     device: torch.device | str = "cpu",
 ) -> ExitResult:
     """Apply ``rule`` after layers 1..L to a batch whose exited samples are dropped.
 
-    ``signals_after(layer, keep)`` returns the signals of ``layer`` for the survivors: ``keep``
-    (bool, one per row of the previous call) says which rows are still running; None when all
-    are (layer 1, or nobody exited), so that nothing is copied.
+    ``signals_after(layer, keep, read)`` advances the survivors through ``layer`` and, when
+    ``read``, returns their signals of that layer: ``keep`` (bool, one per row of the previous
+    call) says which rows are still running; None when all are (layer 1, or nobody exited), so
+    that nothing is copied. ``read`` is False before the rule's first read layer.
     """
     rows = torch.arange(batch_size, device=device)  # survivors' positions in the batch
     predictions = torch.full((batch_size,), -1, dtype=torch.long, device=device)
     exit_layers = torch.zeros(batch_size, dtype=torch.long, device=device)
     state = rule.initial_state(batch_size, device)
+    first_read = min(rule.first_read_layer(), num_layers)
     keep = None
     for layer in range(1, num_layers + 1):
-        signals = signals_after(layer, keep)
-        leaving, state = rule.exits(layer, signals, state)
-        if layer == num_layers:
-            leaving = torch.ones_like(leaving)
+        signals = signals_after(layer, keep, layer >= first_read)
         keep = None
-        if leaving.any():  # one host sync per layer: the survivors' count sizes the next block
+        if layer < first_read:  # nobody can leave yet
+            continue
+        leaving, state = rule.exits(layer, signals, state)
+        # One host sync per layer: the survivors' count sizes the next block.
+        exiting = len(rows) if layer == num_layers else int(leaving.sum())
+        if exiting == len(rows):  # all leave: always at L, and at batch 1 when the sample exits
+            predictions[rows] = signals.logits.argmax(-1)
+            exit_layers[rows] = layer
+            break
+        if exiting:
             predictions[rows[leaving]] = signals.logits[leaving].argmax(-1)
             exit_layers[rows[leaving]] = layer
             keep = ~leaving
             rows = rows[keep]
             state = {key: value[keep] for key, value in state.items()}
-            if len(rows) == 0:
-                break
     return ExitResult(predictions, exit_layers)

@@ -30,7 +30,7 @@ def simulate(rule: ExitRule, cache: ExitSignalCache) -> ExitResult:
     cosine = torch.from_numpy(cache.layer_cosine)  # (N, L)
     rows = torch.arange(len(logits))
 
-    def signals_after(layer: int, keep: torch.Tensor | None) -> LayerSignals:
+    def signals_after(layer: int, keep: torch.Tensor | None, read: bool) -> LayerSignals:
         nonlocal rows
         if keep is not None:
             rows = rows[keep]
