@@ -2,17 +2,21 @@
 standard vs aligned vs multi-exit training, with mean and CLS pooling.
 
     python benchmarks/minilm_sst2.py [--glue-dir ../shared/data/glue] [--out benchmarks/out/minilm]
+    python benchmarks/minilm_sst2.py --runs standard_mean aligned_mean --seeds 0 1 2
+
 
 Each run is the real entry point, ``python train.py experiment=minilm_sst2 ...`` (16,000
 shuffled training sentences, one pass, batch 32, max length 64, AdamW with 10% warm-up then
 linear decay), so the numbers are what a user gets; five runs take ~30 min on 2 CPU cores.
-Prints a markdown table of dev accuracy per layer.
+Prints a markdown table of dev accuracy per layer; with several seeds, the mean ± sample std
+over seeds (standard training's early layers vary a lot from seed to seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -34,36 +38,57 @@ def main() -> None:
     parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "minilm_sst2"))
     parser.add_argument("--train-subset", type=int, default=16000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--runs", nargs="+", help="a subset of the runs (default: all five)",
+                        choices=[f"{loss}_{pooling}" for loss, pooling, _ in RUNS])
     args = parser.parse_args()
     if not (Path(args.glue_dir) / "SST-2" / "train.tsv").is_file():
         sys.exit(f"SST-2 not found under {args.glue_dir}; pass --glue-dir <dir with SST-2/>.")
 
     rows = []
     for loss, pooling, lr in RUNS:
-        run_dir = Path(args.out) / f"{loss}_{pooling}"
-        command = [
-            sys.executable, "train.py", "experiment=minilm_sst2", f"loss={loss}",
-            f"model.pooling={pooling}", f"optim.lr={lr}", f"seed={args.seed}",
-            f"data.data_dir={args.glue_dir}", f"data.train_subset={args.train_subset}",
-            "logger=csv", f"hydra.run.dir={run_dir}", "+trainer.enable_progress_bar=false",
-        ]
-        start = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        results = json.loads((run_dir / "results.json").read_text())
-        dev = results["layer_accuracy"]["val"]
-        rows.append((loss, pooling, lr, dev, wall))
-        print(f"{loss:>9} {pooling:>4} lr={lr:g}: " + " ".join(f"{100 * a:.1f}" for a in dev)
-              + f"  ({wall:.0f} s)", flush=True)
+        if args.runs and f"{loss}_{pooling}" not in args.runs:
+            continue
+        per_seed = []
+        for seed in args.seeds:
+            run_dir = Path(args.out) / f"{loss}_{pooling}" / f"seed{seed}"
+            per_seed.append(train(loss, pooling, lr, seed, run_dir, args))
+        rows.append((loss, pooling, lr, per_seed))
 
-    layers = len(rows[0][3])
-    print("\n| loss | pooling | lr | " + " | ".join(f"L{i}" for i in range(1, layers + 1))
+    seeds = " ".join(map(str, args.seeds))
+    layers = len(rows[0][3][0][0])
+    print("\n| loss | pooling | lr | seeds | " + " | ".join(f"L{i}" for i in range(1, layers + 1))
           + " | wall s |")
-    print("|---|---|---|" + "---|" * layers + "---|")
-    for loss, pooling, lr, dev, wall in rows:
-        print(f"| {loss} | {pooling} | {lr:g} | " + " | ".join(f"{100 * a:.1f}" for a in dev)
+    print("|---|---|---|---|" + "---|" * layers + "---|")
+    for loss, pooling, lr, per_seed in rows:
+        cells = [mean_std([100 * dev[layer] for dev, _ in per_seed]) for layer in range(layers)]
+        wall = statistics.mean(wall for _, wall in per_seed)
+        print(f"| {loss} | {pooling} | {lr:g} | {seeds} | " + " | ".join(cells)
               + f" | {wall:.0f} |")
+
+
+def train(loss: str, pooling: str, lr: float, seed: int, run_dir: Path,
+          args: argparse.Namespace) -> tuple[list[float], float]:
+    """One run of the real entry point: per-layer dev accuracy and wall seconds."""
+    command = [
+        sys.executable, "train.py", "experiment=minilm_sst2", f"loss={loss}",
+        f"model.pooling={pooling}", f"optim.lr={lr}", f"seed={seed}",
+        f"data.data_dir={args.glue_dir}", f"data.train_subset={args.train_subset}",
+        "logger=csv", f"hydra.run.dir={run_dir}", "+trainer.enable_progress_bar=false",
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    dev = json.loads((run_dir / "results.json").read_text())["layer_accuracy"]["val"]
+    print(f"{loss:>9} {pooling:>4} lr={lr:g} seed={seed}: "
+          + " ".join(f"{100 * a:.1f}" for a in dev) + f"  ({wall:.0f} s)", flush=True)
+    return dev, wall
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 if __name__ == "__main__":
