@@ -4,10 +4,9 @@ standard vs aligned vs multi-exit training, with mean and CLS pooling.
     python benchmarks/minilm_sst2.py [--glue-dir ../shared/data/glue] [--out benchmarks/out/minilm]
     python benchmarks/minilm_sst2.py --runs standard_mean aligned_mean --seeds 0 1 2
 
-
 Each run is the real entry point, ``python train.py experiment=minilm_sst2 ...`` (16,000
 shuffled training sentences, one pass, batch 32, max length 64, AdamW with 10% warm-up then
-linear decay), so the numbers are what a user gets; five runs take ~30 min on 2 CPU cores.
+linear decay), so the numbers are what a user gets; a run takes 5–7 min on 2 CPU cores.
 Prints a markdown table of dev accuracy per layer; with several seeds, the mean ± sample std
 over seeds (standard training's early layers vary a lot from seed to seed).
 """

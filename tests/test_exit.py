@@ -211,7 +211,7 @@ def rules_for(cache: ExitSignalCache) -> list[ExitRule]:
             EntropyRule(between_observed(entropy, 0.5)),
             PatienceRule(1), PatienceRule(2),
             StateRule(between_observed(cache.layer_cosine, 0.5)),
-            BudgetRule(2)]
+            BudgetRule(2), BudgetRule(0.5), BudgetRule(2.5), BudgetRule(NUM_LAYERS + 1)]
 
 
 @pytest.fixture(params=["vit-aligned", "vit-multiexit", "bert-aligned", "bert-multiexit"])
@@ -328,16 +328,32 @@ def test_a_fixed_budget_reads_out_only_at_its_depth():
     """Budget t costs t blocks and one read-out + head per sample: nothing is read before t."""
     system = sharpen(tiny_vit_system("aligned"))
     batches = vit_batches(2, 16)
-    reads = []  # rows per read-out (the final norm runs only there)
-    hook = system.backbone.model.norm.register_forward_hook(
-        lambda m, args, out: reads.append(len(args[0])))
+    reads, blocks = [], []  # rows per read-out (the final norm runs only there), blocks run
+    model = system.backbone.model
+    hooks = [model.norm.register_forward_hook(lambda m, args, out: reads.append(len(args[0])))]
+    hooks += [block.register_forward_hook(lambda m, args, out, layer=layer: blocks.append(layer))
+              for layer, block in enumerate(model.blocks, start=1)]
     classifier = EarlyExitClassifier(system, BudgetRule(3))
-    for pool_size in (None, 32):
-        reads.clear()
-        result, _ = classifier.predict(batches, pool_size=pool_size)
-        assert (result.exit_layers == 3).all()
-        assert sum(reads) == 32, pool_size
-    hook.remove()
+    try:
+        for pool_size in (None, 32):
+            reads.clear()
+            blocks.clear()
+            result, _ = classifier.predict(batches, pool_size=pool_size)
+            assert (result.exit_layers == 3).all()
+            assert sum(reads) == 32, pool_size
+            assert set(blocks) == {1, 2, 3}, pool_size
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_a_rule_that_reads_the_cosine_must_read_from_layer_one():
+    class LateStateRule(StateRule):
+        def first_read_layer(self):
+            return 2
+
+    with pytest.raises(ValueError, match="must read from layer 1"):
+        decide(LateStateRule(0.5), [[SURE]] * 3, [[0.9] * 3])
 
 
 def test_batch_size_one_equals_batch_size_64():

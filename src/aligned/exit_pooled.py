@@ -96,9 +96,9 @@ class PooledEarlyExit:
         state, features, signals = run_layer(self.system, rule, layer, pending.state,
                                              pending.previous)
         leaving, rule_state = rule.exits(layer, signals, pending.rule_state)
-        if layer == self.num_layers:  # as in exit_layer_by_layer: everyone leaves at L
+        if layer == self.num_layers:  # as in exit_layer_by_layer (the one decision loop)
             leaving = torch.ones_like(leaving)
-        # Row indices once (one host sync): every per-sample tensor below is gathered with them.
+        # Row indices once: every per-sample tensor below is gathered with them.
         exiting, staying = leaving.nonzero().squeeze(1), (~leaving).nonzero().squeeze(1)
         if len(exiting):
             self.exited.append((pending.ids[exiting], signals.logits[exiting].argmax(-1), layer))

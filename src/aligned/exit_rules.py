@@ -14,7 +14,7 @@ subsets that state together with the survivors.
 | ``entropy`` (DeeBERT) | softmax entropy <= t | [0, log C] |
 | ``patience`` (PABEE) | the prediction has not changed for t consecutive layers | 1..L |
 | ``state`` (CALM) | cos(h_{l-1}, h_l) >= t (never at layer 1) | [0, 1] |
-| ``budget`` (elastic depth) | l == t | 1..L |
+| ``budget`` (elastic depth) | l >= t (at ⌈t⌉) | 1..L |
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class ExitRule:
 
     def first_read_layer(self) -> int:
         """The first layer whose signals the rule reads. Before it nobody can leave, so inference
-        runs the blocks alone (no read-out, head or rule: a fixed budget costs its blocks)."""
+        runs the blocks alone (no read-out, head or rule: a fixed budget costs its blocks). A rule
+        that reads the cosine needs the features of every layer, so it starts at 1."""
         return 1
 
     def exits(self, layer: int, signals: LayerSignals, state: State) -> tuple[torch.Tensor, State]:
@@ -168,7 +169,9 @@ class BudgetRule(ExitRule):
     name: ClassVar[str] = "budget"
 
     def first_read_layer(self):
-        return max(1, math.ceil(self.threshold))
+        if not self.threshold > 1:  # also NaN, which never exits: everyone leaves at L
+            return 1
+        return math.ceil(min(self.threshold, 2**31))  # where layer >= t first holds; inf: at L
 
     def exits(self, layer, signals, state):
         return torch.full(signals.logits.shape[:1], layer >= self.threshold,
@@ -208,7 +211,9 @@ def exit_layer_by_layer(
     predictions = torch.full((batch_size,), -1, dtype=torch.long, device=device)
     exit_layers = torch.zeros(batch_size, dtype=torch.long, device=device)
     state = rule.initial_state(batch_size, device)
-    first_read = min(rule.first_read_layer(), num_layers)
+    first_read = min(rule.first_read_layer(), num_layers)  # exit_pooled caps it the same way
+    if rule.reads_cosine and first_read > 1:
+        raise ValueError(f"{rule!r} reads the cosine, so it must read from layer 1.")
     keep = None
     for layer in range(1, num_layers + 1):
         signals = signals_after(layer, keep, layer >= first_read)
@@ -216,7 +221,7 @@ def exit_layer_by_layer(
         if layer < first_read:  # nobody can leave yet
             continue
         leaving, state = rule.exits(layer, signals, state)
-        # One host sync per layer: the survivors' count sizes the next block.
+        # The survivors' count (a host sync on GPU) sizes the next block; L lets everyone go.
         exiting = len(rows) if layer == num_layers else int(leaving.sum())
         if exiting == len(rows):  # all leave: always at L, and at batch 1 when the sample exits
             predictions[rows] = signals.logits.argmax(-1)

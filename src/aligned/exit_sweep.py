@@ -30,11 +30,11 @@ def simulate(rule: ExitRule, cache: ExitSignalCache) -> ExitResult:
     cosine = torch.from_numpy(cache.layer_cosine)  # (N, L)
     rows = torch.arange(len(logits))
 
-    def signals_after(layer: int, keep: torch.Tensor | None, read: bool) -> LayerSignals:
+    def signals_after(layer: int, keep: torch.Tensor | None, read: bool) -> LayerSignals | None:
         nonlocal rows
         if keep is not None:
             rows = rows[keep]
-        return LayerSignals(logits[rows, layer - 1], cosine[rows, layer - 1])
+        return LayerSignals(logits[rows, layer - 1], cosine[rows, layer - 1]) if read else None
 
     return exit_layer_by_layer(rule, logits.shape[1], len(logits), signals_after)
 
