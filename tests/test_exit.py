@@ -23,6 +23,7 @@ from aligned.exit_rules import (
     PatienceRule,
     StateRule,
     make_rule,
+    split_rows,
 )
 from aligned.exit_sweep import (
     accuracy_at_depth,
@@ -103,6 +104,12 @@ def test_patience_state_follows_the_survivors():
     state = {k: v[keep] for k, v in state.items()}
     leaving, _ = rule.exits(2, LayerSignals(torch.tensor([SURE, OTHER]), torch.zeros(2)), state)
     assert leaving.tolist() == [True, False]
+
+
+def test_split_rows_gives_leaving_and_staying_indices_in_batch_order():
+    leaving = torch.tensor([False, True, False, True, True, False])
+    out, stay = split_rows(leaving, int(leaving.sum()))
+    assert out.tolist() == [1, 3, 4] and stay.tolist() == [0, 2, 5]
 
 
 def test_unknown_rule_is_a_clear_error():

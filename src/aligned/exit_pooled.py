@@ -22,7 +22,7 @@ import torch
 
 from aligned.backbones.base import BlockState
 from aligned.exit import run_layer
-from aligned.exit_rules import ExitResult, ExitRule, State
+from aligned.exit_rules import ExitResult, ExitRule, State, split_rows
 from aligned.system import LayerwiseClassifier
 
 
@@ -98,8 +98,7 @@ class PooledEarlyExit:
         leaving, rule_state = rule.exits(layer, signals, pending.rule_state)
         if layer == self.num_layers:  # as in exit_layer_by_layer (the one decision loop)
             leaving = torch.ones_like(leaving)
-        # Row indices once: every per-sample tensor below is gathered with them.
-        exiting, staying = leaving.nonzero().squeeze(1), (~leaving).nonzero().squeeze(1)
+        exiting, staying = split_rows(leaving, int(leaving.sum()))
         if len(exiting):
             self.exited.append((pending.ids[exiting], signals.logits[exiting].argmax(-1), layer))
         if len(staying):

@@ -193,6 +193,14 @@ def make_rule(name: str, threshold: float) -> ExitRule:
     return RULES[name](float(threshold))
 
 
+def split_rows(leaving: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``count`` leaving rows and of the staying rows, each in batch order.
+    Gathering with indices costs no further host sync on a GPU (a boolean mask costs one per
+    tensor it indexes)."""
+    order = torch.argsort(leaving.to(torch.uint8), descending=True, stable=True)
+    return order[:count], order[count:]
+
+
 def exit_layer_by_layer(
     rule: ExitRule,
     num_layers: int,
@@ -203,9 +211,9 @@ def exit_layer_by_layer(
     """Apply ``rule`` after layers 1..L to a batch whose exited samples are dropped.
 
     ``signals_after(layer, keep, read)`` advances the survivors through ``layer`` and, when
-    ``read``, returns their signals of that layer: ``keep`` (bool, one per row of the previous
-    call) says which rows are still running; None when all are (layer 1, or nobody exited), so
-    that nothing is copied. ``read`` is False before the rule's first read layer.
+    ``read``, returns their signals of that layer: ``keep`` (row indices into the previous
+    call's rows) says which rows are still running; None when all are (layer 1, or nobody
+    exited), so that nothing is copied. ``read`` is False before the rule's first read layer.
     """
     rows = torch.arange(batch_size, device=device)  # survivors' positions in the batch
     predictions = torch.full((batch_size,), -1, dtype=torch.long, device=device)
@@ -228,9 +236,9 @@ def exit_layer_by_layer(
             exit_layers[rows] = layer
             break
         if exiting:
-            predictions[rows[leaving]] = signals.logits[leaving].argmax(-1)
-            exit_layers[rows[leaving]] = layer
-            keep = ~leaving
+            out, keep = split_rows(leaving, exiting)
+            predictions[rows[out]] = signals.logits[out].argmax(-1)
+            exit_layers[rows[out]] = layer
             rows = rows[keep]
             state = {key: value[keep] for key, value in state.items()}
     return ExitResult(predictions, exit_layers)
