@@ -22,7 +22,7 @@ import torch
 
 from aligned.backbones.base import BlockState
 from aligned.exit import run_layer
-from aligned.exit_rules import ExitResult, ExitRule, State, split_rows
+from aligned.exit_rules import ExitResult, ExitRule, State, first_read, layer_exits, split_rows
 from aligned.system import LayerwiseClassifier
 
 
@@ -43,7 +43,7 @@ class PooledEarlyExit:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}.")
         self.system, self.rule, self.pool_size = system.eval(), rule, pool_size
         self.num_layers = system.backbone.num_layers
-        self.first_read = min(rule.first_read_layer(), self.num_layers)
+        self.read_from = first_read(rule, self.num_layers)
         self.queues: list[list[Pending]] = [[] for _ in range(self.num_layers + 2)]
         self.exited: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # ids, predictions, layer
 
@@ -89,15 +89,14 @@ class PooledEarlyExit:
             {key: torch.cat([p.rule_state[key] for p in group]) for key in group[0].rule_state},
             torch.cat([p.previous for p in group]) if group[0].previous is not None else None,
         )
-        if layer < self.first_read:  # the rule reads nothing here: the block alone, all move on
+        if layer < self.read_from:  # the rule reads nothing here: the block alone, all move on
             self.queues[layer + 1].append(Pending(
                 pending.ids, backbone.run_block(layer, pending.state), pending.rule_state, None))
             return
         state, features, signals = run_layer(self.system, rule, layer, pending.state,
                                              pending.previous)
-        leaving, rule_state = rule.exits(layer, signals, pending.rule_state)
-        if layer == self.num_layers:  # as in exit_layer_by_layer (the one decision loop)
-            leaving = torch.ones_like(leaving)
+        leaving, rule_state = layer_exits(rule, layer, self.num_layers, signals,
+                                          pending.rule_state)
         exiting, staying = split_rows(leaving, int(leaving.sum()))
         if len(exiting):
             self.exited.append((pending.ids[exiting], signals.logits[exiting].argmax(-1), layer))

@@ -193,6 +193,22 @@ def make_rule(name: str, threshold: float) -> ExitRule:
     return RULES[name](float(threshold))
 
 
+def first_read(rule: ExitRule, num_layers: int) -> int:
+    """The layer from which ``rule`` reads signals, capped at L (where everyone leaves)."""
+    layer = min(rule.first_read_layer(), num_layers)
+    if rule.reads_cosine and layer > 1:
+        raise ValueError(f"{rule!r} reads the cosine, so it must read from layer 1.")
+    return layer
+
+
+def layer_exits(
+    rule: ExitRule, layer: int, num_layers: int, signals: LayerSignals, state: State
+) -> tuple[torch.Tensor, State]:
+    """``rule``'s decisions after ``layer``, except that every sample leaves at L."""
+    leaving, state = rule.exits(layer, signals, state)
+    return (torch.ones_like(leaving) if layer == num_layers else leaving), state
+
+
 def split_rows(leaving: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the ``count`` leaving rows and of the staying rows, each in batch order.
     Gathering with indices costs no further host sync on a GPU (a boolean mask costs one per
@@ -219,18 +235,15 @@ def exit_layer_by_layer(
     predictions = torch.full((batch_size,), -1, dtype=torch.long, device=device)
     exit_layers = torch.zeros(batch_size, dtype=torch.long, device=device)
     state = rule.initial_state(batch_size, device)
-    first_read = min(rule.first_read_layer(), num_layers)  # exit_pooled caps it the same way
-    if rule.reads_cosine and first_read > 1:
-        raise ValueError(f"{rule!r} reads the cosine, so it must read from layer 1.")
+    read_from = first_read(rule, num_layers)
     keep = None
     for layer in range(1, num_layers + 1):
-        signals = signals_after(layer, keep, layer >= first_read)
+        signals = signals_after(layer, keep, layer >= read_from)
         keep = None
-        if layer < first_read:  # nobody can leave yet
+        if layer < read_from:  # nobody can leave yet
             continue
-        leaving, state = rule.exits(layer, signals, state)
-        # The survivors' count (a host sync on GPU) sizes the next block; L lets everyone go.
-        exiting = len(rows) if layer == num_layers else int(leaving.sum())
+        leaving, state = layer_exits(rule, layer, num_layers, signals, state)
+        exiting = int(leaving.sum())  # host sync on GPU: the survivors' count sizes the next block
         if exiting == len(rows):  # all leave: always at L, and at batch 1 when the sample exits
             predictions[rows] = signals.logits.argmax(-1)
             exit_layers[rows] = layer
