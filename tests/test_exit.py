@@ -354,6 +354,26 @@ def test_a_fixed_budget_reads_out_only_at_its_depth():
             hook.remove()
 
 
+def test_the_state_rule_runs_the_head_only_where_samples_leave():
+    """The state rule reads the cosine, not the logits: one sample runs the head once, at its exit
+    layer, while confidence needs it after every layer the sample reaches."""
+    system = sharpen(tiny_vit_system("aligned"))
+    (images, labels), = vit_batches(1, 8)
+    cache = collect_exit_signals(system, [(images, labels)], progress=False)
+    state, confidence = rules_for(cache)[4], rules_for(cache)[0]
+    heads = []
+    hook = system.backbone.model.head.register_forward_hook(
+        lambda m, args, out: heads.append(len(args[0])))
+    try:
+        for rule, head_calls in ((state, lambda layer: 1), (confidence, lambda layer: layer)):
+            for image in images.split(1):
+                heads.clear()
+                result = EarlyExitClassifier(system, rule)(image)
+                assert len(heads) == head_calls(int(result.exit_layers)), rule
+    finally:
+        hook.remove()
+
+
 def test_a_rule_that_reads_the_cosine_must_read_from_layer_one():
     class LateStateRule(StateRule):
         def first_read_layer(self):

@@ -98,11 +98,15 @@ def run_layer(
     previous: torch.Tensor | None,
 ) -> tuple[BlockState, torch.Tensor, LayerSignals]:
     """Block ``layer`` on ``state``, its read-out (B, D), and what ``rule`` sees: the layer's
-    logits, and for rules that read it the cosine to ``previous`` (NaN without one)."""
+    logits (computed on first use), and for rules that read it the cosine to ``previous`` (NaN
+    without one)."""
     backbone = system.backbone
     state = backbone.run_block(layer, state)
     features = backbone.read(state)  # (B, D)
-    logits = system.objective.logits_at(layer, features, backbone.head)  # (B, C)
+
+    def logits() -> torch.Tensor:  # (B, C), computed when the rule or an exit needs them
+        return system.objective.logits_at(layer, features, backbone.head)
+
     if not rule.reads_cosine:
         return state, features, LayerSignals(logits)
     cosine = (sample_cosine(previous, features) if previous is not None

@@ -32,13 +32,25 @@ from aligned.config import ConfigError
 State = dict[str, torch.Tensor]  # per-sample tensors, one row per surviving sample
 
 
-@dataclass
 class LayerSignals:
-    """What a rule may see after one layer, for the samples still running."""
+    """What a rule may see after one layer, for the samples still running.
 
-    logits: torch.Tensor  # (B, C)
-    cosine: torch.Tensor | None = None  # (B,) cos(h_{l-1}, h_l); NaN at layer 1; None when
-    # the rule does not read it (``ExitRule.reads_cosine``), so inference skips computing it
+    ``logits`` (B, C) may come as a function that computes them: then they are computed on first
+    use, so a rule that does not read them (state) runs the head only where samples leave.
+    ``cosine`` (B,) is cos(h_{l-1}, h_l), NaN at layer 1; None when the rule does not read it
+    (``ExitRule.reads_cosine``), so inference skips computing it.
+    """
+
+    def __init__(self, logits: torch.Tensor | Callable[[], torch.Tensor],
+                 cosine: torch.Tensor | None = None) -> None:
+        self._logits = logits
+        self.cosine = cosine
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if not isinstance(self._logits, torch.Tensor):
+            self._logits = self._logits()
+        return self._logits
 
 
 @dataclass

@@ -192,9 +192,7 @@ class CosAccumulator:
 def sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine of each sample's two vectors, (..., D) x (..., D) -> (...) float64, uncentred (a
     single sample cannot be centred over samples); a zero vector gives 0, as in COS."""
-    unit_a = F.normalize(a.to(torch.float64), dim=-1)
-    unit_b = F.normalize(b.to(torch.float64), dim=-1)
-    return (unit_a * unit_b).sum(-1)
+    return F.cosine_similarity(a.to(torch.float64), b.to(torch.float64), dim=-1)
 
 
 def cos_similarity(features: torch.Tensor, centering: Centering = "samples") -> torch.Tensor:
