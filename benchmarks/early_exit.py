@@ -7,18 +7,23 @@ point is chosen there (as ``evaluate.py`` does: smallest mean exit layer within 
 full-depth val accuracy); then, on the test split, the full forward (all blocks, the head on the
 last layer only) and the early-exit inference at that operating point (blocks on the survivors
 only, the read-out and exit head after every block) are timed in interleaved rounds, median
-round reported. Predicted speed-up = L / mean exit layer; measured = full time / early-exit time.
+round reported (a round repeats a short run until it has lasted 0.5 s). Predicted speed-up =
+L / mean exit layer; measured = full time / early-exit time.
 Batches are slices of the test loader's batches (text keeps that batch's padding).
 
 Two early-exit modes at batch sizes > 1: ``per batch`` (each batch on its own: later blocks run
 on that batch's few survivors) and ``pooled`` (``aligned.exit_pooled``: survivors of successive
 batches wait per layer until a full batch is pending, so every block but the final flush runs
-on a full batch; the throughput mode for a loader or a request queue).
+on a full batch; the throughput mode for a loader or a request queue). The test set is short
+(digits: 360 images, six batches), so the final flush, whose deeper blocks run on a few samples
+each, weighs on the pooled time; ``--stream N`` also times the pooled mode (and the full forward)
+over the test set streamed N times, as a long loader or a serving queue would feed it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -64,16 +69,23 @@ def slices(loader: Any, batch_size: int) -> list[Any]:
     return batches
 
 
-def time_rounds(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
-    """Median seconds per run, interleaved so that drift in machine load hits all equally."""
+def time_rounds(runs: dict[str, Callable[[], None]], rounds: int,
+                min_seconds: float = 0.5) -> dict[str, float]:
+    """Median seconds per run, interleaved so that drift in machine load hits all equally. In a
+    round, a short run repeats until it has lasted ``min_seconds`` (digits at batch 64: a pass
+    takes ~40 ms), so that scheduler noise averages out within the round."""
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():  # warm-up
+    repeats = {}
+    for name, run in runs.items():  # warm-up, which also sizes the repeats
+        start = time.perf_counter()
         run()
+        repeats[name] = max(1, math.ceil(min_seconds / (time.perf_counter() - start)))
     for _ in range(rounds):
         for name, run in runs.items():
             start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(repeats[name]):
+                run()
+            times[name].append((time.perf_counter() - start) / repeats[name])
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -95,12 +107,17 @@ def benchmark(ckpt: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     for batch_size in args.batch_sizes:
         batches = slices(loaders["test"], batch_size)
         runs = {"full": lambda bs=batches: [forward(b) for b in bs]}
+        stream = batches * args.stream  # the test set, streamed --stream times
+        if batch_size > 1 and args.stream > 1:
+            runs["full stream"] = lambda bs=stream: [forward(b) for b in bs]
         for rule_name, rule in rules.items():
             classifier = EarlyExitClassifier(system, rule)
             runs[rule_name] = lambda c=classifier, bs=batches: [c(b) for b in bs]
             if batch_size > 1:
                 pooled = PooledEarlyExit(system, rule, pool_size=batch_size)
                 runs[f"{rule_name} pooled"] = lambda p=pooled, bs=batches: p.run(bs)
+                if args.stream > 1:
+                    runs[f"{rule_name} stream"] = lambda p=pooled, bs=stream: p.run(bs)
         with torch.inference_mode():
             seconds = time_rounds(runs, args.rounds)
         for row in rows:
@@ -109,6 +126,9 @@ def benchmark(ckpt: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             if batch_size > 1:
                 pooled_s = seconds[f"{row['rule']} pooled"]
                 row[f"measured_bs{batch_size}_pooled"] = seconds["full"] / pooled_s
+                if args.stream > 1:
+                    row[f"measured_bs{batch_size}_stream"] = (
+                        seconds["full stream"] / seconds[f"{row['rule']} stream"])
     print(f"{name}: L = {num_layers}, {len(signals['test'].labels)} test samples, full-depth "
           f"test acc {100 * summary['full_depth_accuracy']['test']:.1f}%")
     return rows
@@ -122,6 +142,9 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stream", type=int, default=1,
+                        help="also time pooled inference over the test set streamed this many "
+                             "times (the final flush then comes once per that many passes)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: steadier timings on a shared machine)")
     args = parser.parse_args()
@@ -132,6 +155,9 @@ def main() -> None:
     # Measured speed-up per mode, and its ratio to the predicted L / mean exit layer.
     modes = [(f"bs{b}", f"measured_bs{b}") for b in args.batch_sizes]
     modes += [(f"bs{b} pooled", f"measured_bs{b}_pooled") for b in args.batch_sizes if b > 1]
+    if args.stream > 1:
+        modes += [(f"bs{b} pooled, {args.stream}x stream", f"measured_bs{b}_stream")
+                  for b in args.batch_sizes if b > 1]
     header = ["model", "rule", "threshold", "test acc %", "mean exit", "predicted"]
     header += [f"measured {name} (/predicted)" for name, _ in modes]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
