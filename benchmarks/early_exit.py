@@ -7,7 +7,7 @@ point is chosen there (as ``evaluate.py`` does: smallest mean exit layer within 
 full-depth val accuracy); then, on the test split, the full forward (all blocks, the head on the
 last layer only) and the early-exit inference at that operating point (blocks on the survivors
 only, the read-out and exit head after every block) are timed in interleaved rounds, median
-round reported (a round repeats a short run until it has lasted 0.5 s). Predicted speed-up =
+round reported (a round repeats a short run to last about 0.5 s). Predicted speed-up =
 L / mean exit layer; measured = full time / early-exit time.
 Batches are slices of the test loader's batches (text keeps that batch's padding).
 
@@ -72,11 +72,12 @@ def slices(loader: Any, batch_size: int) -> list[Any]:
 def time_rounds(runs: dict[str, Callable[[], None]], rounds: int,
                 min_seconds: float = 0.5) -> dict[str, float]:
     """Median seconds per run, interleaved so that drift in machine load hits all equally. In a
-    round, a short run repeats until it has lasted ``min_seconds`` (digits at batch 64: a pass
+    round, a short run repeats ⌈``min_seconds`` / its time⌉ times (digits at batch 64: a pass
     takes ~40 ms), so that scheduler noise averages out within the round."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     repeats = {}
-    for name, run in runs.items():  # warm-up, which also sizes the repeats
+    for name, run in runs.items():
+        run()  # warm-up: one-time costs
         start = time.perf_counter()
         run()
         repeats[name] = max(1, math.ceil(min_seconds / (time.perf_counter() - start)))

@@ -360,7 +360,8 @@ def test_the_state_rule_runs_the_head_only_where_samples_leave():
     system = sharpen(tiny_vit_system("aligned"))
     (images, labels), = vit_batches(1, 8)
     cache = collect_exit_signals(system, [(images, labels)], progress=False)
-    state, confidence = rules_for(cache)[4], rules_for(cache)[0]
+    rules = rules_for(cache)
+    state, confidence = rules[4], rules[0]
     heads = []
     hook = system.backbone.model.head.register_forward_hook(
         lambda m, args, out: heads.append(len(args[0])))
@@ -372,6 +373,18 @@ def test_the_state_rule_runs_the_head_only_where_samples_leave():
                 assert len(heads) == head_calls(int(result.exit_layers)), rule
     finally:
         hook.remove()
+
+
+def test_results_are_normal_tensors_that_callers_may_edit():
+    """Inference runs in inference mode; what it hands back must not be an inference tensor."""
+    system = sharpen(tiny_vit_system("aligned"))
+    batches = vit_batches(2, 8)
+    classifier = EarlyExitClassifier(system, ConfidenceRule(0.5))
+    results = [classifier(batches[0][0])]
+    results += [classifier.predict(batches, pool_size=size)[0] for size in (None, 8)]
+    for result in results:
+        assert not result.predictions.is_inference()
+        result.exit_layers.add_(0)  # in place: raises on an inference tensor
 
 
 def test_a_rule_that_reads_the_cosine_must_read_from_layer_one():

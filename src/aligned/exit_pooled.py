@@ -47,9 +47,21 @@ class PooledEarlyExit:
         self.queues: list[list[Pending]] = [[] for _ in range(self.num_layers + 2)]
         self.exited: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # ids, predictions, layer
 
-    @torch.inference_mode()
     def run(self, batches: Iterable[Any]) -> ExitResult:
         """Early exit over ``batches`` (model inputs), results in input order."""
+        with torch.inference_mode():
+            seen = self._run_all(batches)
+        # Assembled outside inference mode: normal tensors, which callers may edit.
+        device = self.system.device
+        predictions = torch.empty(seen, dtype=torch.long, device=device)
+        exit_layers = torch.empty(seen, dtype=torch.long, device=device)
+        for ids, predicted, layer in self.exited:
+            predictions[ids], exit_layers[ids] = predicted, layer
+        self.exited = []
+        return ExitResult(predictions, exit_layers)
+
+    def _run_all(self, batches: Iterable[Any]) -> int:
+        """Every sample of ``batches`` through to its exit; returns how many there were."""
         system, backbone, device = self.system, self.system.backbone, self.system.device
         seen = 0
         for inputs in batches:
@@ -66,13 +78,7 @@ class PooledEarlyExit:
         for layer in range(1, self.num_layers + 1):  # flush: survivors move down as we go
             if self.queues[layer]:
                 self._run_layer(layer)
-
-        predictions = torch.empty(seen, dtype=torch.long, device=device)
-        exit_layers = torch.empty(seen, dtype=torch.long, device=device)
-        for ids, predicted, layer in self.exited:
-            predictions[ids], exit_layers[ids] = predicted, layer
-        self.exited = []
-        return ExitResult(predictions, exit_layers)
+        return seen
 
     def _deepest_full_queue(self) -> int | None:
         for layer in range(self.num_layers, 0, -1):  # deepest first: frees memory soonest

@@ -36,7 +36,8 @@ class LayerSignals:
     """What a rule may see after one layer, for the samples still running.
 
     ``logits`` (B, C) may come as a function that computes them: then they are computed on first
-    use, so a rule that does not read them (state) runs the head only where samples leave.
+    use, so a rule that does not read them (state) runs the head only at layers where some
+    sample leaves.
     ``cosine`` (B,) is cos(h_{l-1}, h_l), NaN at layer 1; None when the rule does not read it
     (``ExitRule.reads_cosine``), so inference skips computing it.
     """
@@ -59,6 +60,10 @@ class ExitResult:
 
     predictions: torch.Tensor  # (N,)
     exit_layers: torch.Tensor  # (N,)
+
+    def clone(self) -> ExitResult:
+        """A copy; made outside ``torch.inference_mode``, it holds normal tensors."""
+        return ExitResult(self.predictions.clone(), self.exit_layers.clone())
 
     @staticmethod
     def cat(results: list[ExitResult]) -> ExitResult:

@@ -192,7 +192,8 @@ class CosAccumulator:
 def sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine of each sample's two vectors, (..., D) x (..., D) -> (...) float64, uncentred (a
     single sample cannot be centred over samples); a zero vector gives 0, as in COS."""
-    return F.cosine_similarity(a.to(torch.float64), b.to(torch.float64), dim=-1)
+    # eps as F.normalize's, which COS uses: norms below it are clamped, exact zeros give 0.
+    return F.cosine_similarity(a.to(torch.float64), b.to(torch.float64), dim=-1, eps=1e-12)
 
 
 def cos_similarity(features: torch.Tensor, centering: Centering = "samples") -> torch.Tensor:
