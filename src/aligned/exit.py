@@ -95,7 +95,9 @@ class EarlyExitClassifier:
 
             result = PooledEarlyExit(self.system, self.rule, pool_size).run(inputs_of_batches())
         else:
-            result = ExitResult.cat([self(inputs) for inputs in inputs_of_batches()])
+            with torch.inference_mode():  # cat copies out normal tensors, so no copy per batch
+                per_batch = [self._exit(inputs) for inputs in inputs_of_batches()]
+            result = ExitResult.cat(per_batch)
         return ExitResult(result.predictions.cpu(), result.exit_layers.cpu()), torch.cat(labels)
 
 
