@@ -311,6 +311,25 @@ def test_pooled_inference_equals_the_simulation_for_every_rule(model_and_data):
         assert labels.tolist() == cache.labels.tolist()
 
 
+def test_float32_inference_agrees_with_the_simulation_for_every_rule():
+    """Models are float32 in use (the exact tests above run in float64): every rule runs per
+    batch, at batch 1 and pooled, and agrees with the simulation but for round-off at a
+    threshold (at most 2 of 64 samples)."""
+    system = sharpen(tiny_vit_system("aligned")).float()
+    batches = [(images.float(), labels) for images, labels in vit_batches(2, 32)]
+    cache = collect_exit_signals(system, batches, progress=False)
+    ones = [(images[i:i + 1], labels[i:i + 1]) for images, labels in batches
+            for i in range(len(images))]
+    for rule in rules_for(cache):
+        simulated = simulate(rule, cache)
+        classifier = EarlyExitClassifier(system, rule)
+        for result, _ in (classifier.predict(batches), classifier.predict(ones),
+                          classifier.predict(batches, pool_size=20)):
+            differ = (result.exit_layers != simulated.exit_layers) | (
+                result.predictions != simulated.predictions)
+            assert int(differ.sum()) <= 2, rule
+
+
 def test_pooled_blocks_run_on_full_pools_until_the_final_flush():
     system = sharpen(tiny_vit_system("aligned"))
     batches = vit_batches(6, 16)

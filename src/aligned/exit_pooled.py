@@ -22,7 +22,16 @@ import torch
 
 from aligned.backbones.base import BlockState
 from aligned.exit import run_layer
-from aligned.exit_rules import ExitResult, ExitRule, State, first_read, layer_exits, split_rows
+from aligned.exit_rules import (
+    Exited,
+    ExitResult,
+    ExitRule,
+    State,
+    first_read,
+    gather_exits,
+    layer_exits,
+    split_rows,
+)
 from aligned.system import LayerwiseClassifier
 
 
@@ -45,20 +54,16 @@ class PooledEarlyExit:
         self.num_layers = system.backbone.num_layers
         self.read_from = first_read(rule, self.num_layers)
         self.queues: list[list[Pending]] = [[] for _ in range(self.num_layers + 2)]
-        self.exited: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # ids, predictions, layer
+        self.exited: list[Exited] = []
 
     def run(self, batches: Iterable[Any]) -> ExitResult:
         """Early exit over ``batches`` (model inputs), results in input order."""
         with torch.inference_mode():
             seen = self._run_all(batches)
         # Assembled outside inference mode: normal tensors, which callers may edit.
-        device = self.system.device
-        predictions = torch.empty(seen, dtype=torch.long, device=device)
-        exit_layers = torch.empty(seen, dtype=torch.long, device=device)
-        for ids, predicted, layer in self.exited:
-            predictions[ids], exit_layers[ids] = predicted, layer
+        result = gather_exits(self.exited, seen, self.system.device)
         self.exited = []
-        return ExitResult(predictions, exit_layers)
+        return result
 
     def _run_all(self, batches: Iterable[Any]) -> int:
         """Every sample of ``batches`` through to its exit; returns how many there were."""
@@ -99,7 +104,7 @@ class PooledEarlyExit:
             self.queues[layer + 1].append(Pending(
                 pending.ids, backbone.run_block(layer, pending.state), pending.rule_state, None))
             return
-        state, features, signals = run_layer(self.system, rule, layer, pending.state,
+        state, signals, previous = run_layer(self.system, rule, layer, pending.state,
                                              pending.previous)
         leaving, rule_state = layer_exits(rule, layer, self.num_layers, signals,
                                           pending.rule_state)
@@ -110,5 +115,5 @@ class PooledEarlyExit:
             self.queues[layer + 1].append(Pending(
                 pending.ids[staying], state.select(staying),
                 {key: value[staying] for key, value in rule_state.items()},
-                features[staying] if rule.reads_cosine else None,
+                None if previous is None else previous[staying],
             ))

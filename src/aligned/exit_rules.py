@@ -116,7 +116,7 @@ class ConfidenceRule(ExitRule):
     name: ClassVar[str] = "confidence"
 
     def exits(self, layer, signals, state):
-        return _probabilities(signals.logits).max(-1).values >= self.threshold, state
+        return _probabilities(signals.logits).amax(-1) >= self.threshold, state
 
     @staticmethod
     def grid(num_layers, num_classes):
@@ -130,7 +130,7 @@ class EntropyRule(ExitRule):
 
     def exits(self, layer, signals, state):
         p = _probabilities(signals.logits)
-        entropy = -(p * p.clamp(min=1e-30).log()).sum(-1)  # (B,) nats; 0·log 0 = 0
+        entropy = torch.special.entr(p).sum(-1)  # (B,) nats; entr(p) = -p·log p, 0 at p = 0
         return entropy <= self.threshold, state
 
     @staticmethod
@@ -148,8 +148,9 @@ class PatienceRule(ExitRule):
     name: ClassVar[str] = "patience"
 
     def initial_state(self, batch_size, device):
+        # The count is kept in float, so comparing it with the float threshold converts nothing.
         return {"previous": torch.full((batch_size,), -1, dtype=torch.long, device=device),
-                "unchanged": torch.zeros(batch_size, dtype=torch.long, device=device)}
+                "unchanged": torch.zeros(batch_size, device=device)}
 
     def exits(self, layer, signals, state):
         prediction = signals.logits.argmax(-1)  # (B,)
@@ -234,6 +235,10 @@ def split_rows(leaving: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.T
     return order[:count], order[count:]
 
 
+# Samples that left together: their positions (None: the whole batch), predictions and layer.
+Exited = tuple[torch.Tensor | None, torch.Tensor, int]
+
+
 def exit_layer_by_layer(
     rule: ExitRule,
     num_layers: int,
@@ -248,11 +253,10 @@ def exit_layer_by_layer(
     call's rows) says which rows are still running; None when all are (layer 1, or nobody
     exited), so that nothing is copied. ``read`` is False before the rule's first read layer.
     """
-    rows = torch.arange(batch_size, device=device)  # survivors' positions in the batch
-    predictions = torch.full((batch_size,), -1, dtype=torch.long, device=device)
-    exit_layers = torch.zeros(batch_size, dtype=torch.long, device=device)
     state = rule.initial_state(batch_size, device)
     read_from = first_read(rule, num_layers)
+    rows = None  # the survivors' positions in the batch; None while the whole batch runs
+    exited: list[Exited] = []
     keep = None
     for layer in range(1, num_layers + 1):
         signals = signals_after(layer, keep, layer >= read_from)
@@ -260,15 +264,29 @@ def exit_layer_by_layer(
         if layer < read_from:  # nobody can leave yet
             continue
         leaving, state = layer_exits(rule, layer, num_layers, signals, state)
-        exiting = int(leaving.sum())  # host sync on GPU: the survivors' count sizes the next block
-        if exiting == len(rows):  # all leave: always at L, and at batch 1 when the sample exits
-            predictions[rows] = signals.logits.argmax(-1)
-            exit_layers[rows] = layer
+        # The survivors' count sizes the next block (a host sync on GPU); one sample's flag is
+        # read directly, an op fewer per layer at batch 1.
+        exiting = int(leaving) if len(leaving) == 1 else int(leaving.sum())
+        if exiting == len(leaving):  # all leave: always at L, and at batch 1 when the sample exits
+            exited.append((rows, signals.logits.argmax(-1), layer))
             break
         if exiting:
             out, keep = split_rows(leaving, exiting)
-            predictions[rows[out]] = signals.logits[out].argmax(-1)
-            exit_layers[rows[out]] = layer
+            if rows is None:
+                rows = torch.arange(batch_size, device=device)
+            exited.append((rows[out], signals.logits[out].argmax(-1), layer))
             rows = rows[keep]
             state = {key: value[keep] for key, value in state.items()}
+    return gather_exits(exited, batch_size, device)
+
+
+def gather_exits(exited: list[Exited], size: int, device: torch.device | str) -> ExitResult:
+    """One result in input order from the groups that exited together."""
+    if len(exited) == 1 and exited[0][0] is None:  # the whole batch at one layer: no scatter
+        _, predictions, layer = exited[0]
+        return ExitResult(predictions, torch.full_like(predictions, layer))
+    predictions = torch.empty(size, dtype=torch.long, device=device)
+    exit_layers = torch.empty(size, dtype=torch.long, device=device)
+    for positions, predicted, layer in exited:
+        predictions[positions], exit_layers[positions] = predicted, layer
     return ExitResult(predictions, exit_layers)
