@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY, compose_train
 
+from aligned.config import ConfigError
+from aligned.evaluation import check_comparable
 from aligned.training import train
 
 
@@ -120,3 +123,32 @@ def test_missing_truncated_and_foreign_checkpoints_are_clear_errors(checkpoints,
         done = run_evaluate(f"ckpt_path={path}", out=tmp_path / "out")
         assert done.returncode == 2, done.stderr[-2000:]
         assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "Give the checkpoint to analyse"),
+    (["ckpt_path=x.ckpt", "early_exit.max_drop=-1"], "early_exit.max_drop is a fraction"),
+])
+def test_missing_checkpoint_and_bad_max_drop_are_clear_errors(tmp_path, overrides, message):
+    done = run_evaluate(*overrides, out=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def model_of(target: str, task: str | None, classes: int, layers: int):
+    checkpoint = {"run_config": {"data": {"_target_": target, "task": task}}}
+    system = SimpleNamespace(num_layers=layers, backbone=SimpleNamespace(num_classes=classes))
+    return checkpoint, system
+
+
+@pytest.mark.parametrize("other, message", [
+    (("aligned.data.glue.GlueDataModule", "sst2", 2, 6), "compare models of the same data set"),
+    (("aligned.data.glue.GlueDataModule", "mnli", 3, 6), "compare models of the same data set"),
+    (("aligned.data.glue.GlueDataModule", "qnli", 2, 3), "have 6 and 3 layers"),
+])
+def test_compare_to_needs_the_same_data_and_depth(other, message):
+    models = [model_of("aligned.data.glue.GlueDataModule", "qnli", 2, 6), model_of(*other)]
+    checkpoints, systems = zip(*models, strict=True)
+    with pytest.raises(ConfigError, match=message):
+        check_comparable(["a.ckpt", "b.ckpt"], list(checkpoints), list(systems))
+    check_comparable(["a.ckpt", "a.ckpt"], [checkpoints[0]] * 2, [systems[0]] * 2)  # same: fine

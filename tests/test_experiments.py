@@ -7,10 +7,13 @@ model of the same family) and the data sets (tiny files in the real on-disk form
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF, compose_train
+from conftest import CONF, ROOT, compose_train
 from test_glue_data import GLUE_FILES
 from test_vision_data import (
     CLASSES,
@@ -101,3 +104,31 @@ def test_experiment_runs_on_tiny_stand_ins(name, tmp_path, monkeypatch):
     results = train(cfg)
     assert results["num_layers"] == (6 if name == "minilm_sst2" else 2)
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
+
+
+def test_an_hf_checkpoint_evaluates_after_its_model_directory_moved(tmp_path, monkeypatch):
+    """The checkpoint stores where the model's config and tokenizer were when it trained; on
+    another machine (here: the directory moved) evaluate.py says so and takes the new place."""
+    overrides = ["experiment=bert_glue", *RUN_BRIEFLY, *stand_ins("bert_glue", tmp_path,
+                                                                    monkeypatch)]
+    dev = tmp_path / "glue" / "SST-2" / "dev.tsv"
+    header, *rows = dev.read_text().splitlines(keepends=True)
+    dev.write_text(header + "".join(rows * 4))  # batches of 4: enough for minibatch CKA
+    checkpoint = train(compose_train(overrides, tmp_path / "run"))["checkpoint"]
+    moved = (tmp_path / "bert").rename(tmp_path / "elsewhere")
+
+    def evaluate(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "evaluate.py", f"ckpt_path={checkpoint}", "early_exit.enabled=false",
+             f"hydra.run.dir={tmp_path / 'evaluation'}", *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+
+    done = evaluate()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "pass model.name_or_path=" in done.stderr and "Traceback" not in done.stderr
+    done = evaluate(f"model.name_or_path={moved}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert len(evaluation["layer_accuracy"]) == 2

@@ -457,6 +457,14 @@ def test_resolver_gives_each_task_its_label_count():
     assert counts == {"sst2": 2, "STS-B": 1, "mnli": 3, "cola": 2}
 
 
+def test_unknown_task_in_the_real_config_is_our_error_not_a_resolver_traceback(tmp_path):
+    """The task is read while ${glue_num_labels:...} resolves; OmegaConf wraps what a resolver
+    raises, and build() hands back our one-line error."""
+    cfg = compose_train(["model=minilm", "data=glue", "data.task=foo"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="Unknown GLUE task 'foo'"):
+        build(cfg.data)
+
+
 def test_real_config_with_the_bundled_minilm_tokenizer_encodes_pairs(glue_dir, tmp_path):
     cfg = compose_train(
         ["model=minilm", "data=glue", "data.task=stsb", f"data.data_dir={glue_dir}"],

@@ -92,11 +92,15 @@ def test_train_py_end_to_end(tmp_path):
         ("loss.weighting=[1,2,3]", "loss.weighting has 3 weights but the model has 2 layers"),
         ("model.num_classes=5", "predicts 5 classes but the data has 10"),
         ("model=nonexistent", "Could not find 'model/nonexistent'"),
+        ("trainer.accelerator=gpu", "The trainer settings do not fit this machine"),
+        ("+data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+        ("optim.lr=-1", "optim.lr must be positive, got -1"),
+        ("model.depth=0", "has no blocks; set model.depth >= 1"),
     ],
 )
 def test_user_errors_give_one_clear_message(tmp_path, override, message):
     done = run_train_py(override, tmp_path=tmp_path)
-    assert done.returncode != 0
+    assert done.returncode == (1 if override.startswith("model=") else 2)  # 1: Hydra's own error
     assert message in done.stderr
     assert "Traceback" not in done.stderr
 

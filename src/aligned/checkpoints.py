@@ -14,6 +14,7 @@ from aligned.config import ConfigError
 from aligned.system import LayerwiseClassifier
 
 TIMM_TARGET = "aligned.backbones.timm_vit.TimmViT"
+HF_TARGET = "aligned.backbones.hf_encoder.HFEncoder"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -37,12 +38,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_system(checkpoint: dict[str, Any]) -> LayerwiseClassifier:
-    """Rebuild the model from the config saved in the checkpoint, then load its weights."""
+def load_system(
+    checkpoint: dict[str, Any], model_overrides: dict | None = None
+) -> LayerwiseClassifier:
+    """Rebuild the model from the config saved in the checkpoint, then load its weights.
+
+    ``model_overrides`` replace keys of the saved model config, e.g. ``name_or_path`` where an
+    HF model's config files live on this machine (the checkpoint stores the training machine's).
+    """
     hparams = copy.deepcopy(checkpoint["hyper_parameters"])
+    hparams["model"].update({k: v for k, v in (model_overrides or {}).items() if v is not None})
+    # The trained weights follow; don't load the pretrained ones again (HF: the config suffices).
     if hparams["model"].get("_target_") == TIMM_TARGET:
-        # The trained weights follow; don't fetch the pretrained ones again.
         hparams["model"].update(pretrained=False, checkpoint_path=None)
+    elif hparams["model"].get("_target_") == HF_TARGET:
+        hparams["model"].update(pretrained=False)
     system = LayerwiseClassifier(**hparams)
     try:
         system.load_state_dict(checkpoint["state_dict"])

@@ -6,6 +6,7 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf.errors import InterpolationResolutionError
 
 
 class ConfigError(ValueError):
@@ -16,18 +17,27 @@ class TrainingDiverged(ConfigError):
     """The training loss became NaN or infinite; the message says what to try."""
 
 
-def build(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that surfaces our own ConfigError instead of Hydra's wrapper.
+def positive_int(key: str, value: Any) -> int:
+    """``value`` of config key ``key`` as a positive integer, or a ConfigError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
+    return value
 
-    Hydra wraps every exception raised by a target in InstantiationException, which buries the
-    one line the user needs under the full config path; we re-raise the original instead.
+
+def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that surfaces our own ConfigError instead of a wrapper.
+
+    Hydra wraps every exception raised by a target in InstantiationException, and OmegaConf one
+    raised by a resolver (e.g. an unknown GLUE task in ``${glue_num_labels:...}``) in
+    InterpolationResolutionError; both bury the one line the user needs under the config path.
+    A ConfigError, or an exception of a type in ``surface``, is re-raised as it was raised.
     """
     try:
         return instantiate(node, **kwargs)
-    except InstantiationException as wrapped:
-        cause = wrapped.__cause__
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise
+    except (InstantiationException, InterpolationResolutionError) as wrapped:
+        cause: BaseException | None = wrapped
+        while cause is not None and not isinstance(cause, (ConfigError, *surface)):
+            cause = cause.__cause__ or cause.__context__  # OmegaConf may chain implicitly
+        if cause is None:
+            raise
+        raise cause from None

@@ -42,16 +42,18 @@ def evaluation_dataloader(run_config: dict, data_overrides: dict, split: str) ->
 
 
 def analyse_checkpoint(
-    ckpt_path: str, cfg: DictConfig, keep_logits: bool = True
+    ckpt_path: str, checkpoint: dict, system: LayerwiseClassifier, cfg: DictConfig,
+    keep_logits: bool = True,
 ) -> tuple[dict[str, Any], LayerwiseOutputs, dict]:
-    checkpoint = read_checkpoint(ckpt_path)
-    system = load_system(checkpoint)
     if system.backbone.num_classes == 1:
         raise ConfigError(
             "evaluate.py analyses classifiers; this checkpoint is a regression model."
         )
     run_config = checkpoint["run_config"]
     data_overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    model_path = (cfg.get("model") or {}).get("name_or_path")
+    if model_path and "tokenizer" in run_config["data"] and not data_overrides.get("tokenizer"):
+        data_overrides["tokenizer"] = model_path  # the tokenizer follows the model, as in training
     loader = evaluation_dataloader(run_config, data_overrides, cfg.split)
     outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits)
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
@@ -108,11 +110,48 @@ def display_names(run_configs: list[dict]) -> list[str]:
     return names
 
 
+def data_of(checkpoint: dict) -> tuple:
+    """What a model was trained and is evaluated on: the data module and, for GLUE, the task."""
+    data = checkpoint["run_config"]["data"]
+    return data.get("_target_"), data.get("task")
+
+
+def check_comparable(paths: list[str], checkpoints: list[dict],
+                     systems: list[LayerwiseClassifier]) -> None:
+    """compare_to draws both models on the same figures and compares them sample by sample at
+    matched depth: they must share the data (so the same split) and the number of layers."""
+    (a, b), (data_a, data_b) = systems, [data_of(c) for c in checkpoints]
+    if data_a != data_b or a.backbone.num_classes != b.backbone.num_classes:
+        raise ConfigError(
+            f"compare_to: '{paths[1]}' was trained on {data_b[0]} {data_b[1] or ''} "
+            f"({b.backbone.num_classes} classes), '{paths[0]}' on {data_a[0]} {data_a[1] or ''} "
+            f"({a.backbone.num_classes} classes); compare models of the same data set."
+        )
+    if a.num_layers != b.num_layers:
+        raise ConfigError(
+            f"compare_to: the models have {a.num_layers} and {b.num_layers} layers; the "
+            "layer-wise figures and the matched early-exit comparison need the same depth."
+        )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("Give the checkpoint to analyse: python evaluate.py "
+                          "ckpt_path=<run dir>/checkpoints/last.ckpt")
+    max_drop = (cfg.get("early_exit") or {}).get("max_drop", 0.01)
+    if not 0 <= max_drop < 1:
+        raise ConfigError(f"early_exit.max_drop is a fraction of accuracy in [0, 1) (0.01 = one "
+                          f"point), got {max_drop}.")
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = [cfg.ckpt_path] + ([cfg.compare_to] if cfg.get("compare_to") else [])
-    analysed = [analyse_checkpoint(path, cfg) for path in paths]
+    checkpoints = [read_checkpoint(path) for path in paths]
+    model_overrides = OmegaConf.to_container(cfg.model) if cfg.get("model") else {}
+    systems = [load_system(checkpoint, model_overrides) for checkpoint in checkpoints]
+    if len(paths) > 1:
+        check_comparable(paths, checkpoints, systems)
+    analysed = [analyse_checkpoint(*args, cfg)
+                for args in zip(paths, checkpoints, systems, strict=True)]
     labels = display_names([run_config for _, _, run_config in analysed])
     summaries = {label: summary for label, (summary, _, _) in zip(labels, analysed, strict=True)}
 

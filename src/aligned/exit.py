@@ -99,7 +99,9 @@ class EarlyExitClassifier:
         else:
             with torch.inference_mode():  # cat copies out normal tensors, so no copy per batch
                 per_batch = [self._exit(inputs) for inputs in inputs_of_batches()]
-            result = ExitResult.cat(per_batch)
+            result = ExitResult.cat(per_batch) if per_batch else None
+        if result is None or not labels:
+            raise ValueError("The dataloader gave no batches.")
         return ExitResult(result.predictions.cpu(), result.exit_layers.cpu()), torch.cat(labels)
 
 

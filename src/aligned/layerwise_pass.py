@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aligned import analysis
+from aligned.config import ConfigError
 from aligned.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA, sample_cosine
 from aligned.system import LayerwiseClassifier, unpack
 
@@ -117,6 +118,11 @@ def run_layerwise_pass(
     if feature_sum is None:
         raise ValueError("The evaluation split is empty.")
     num_samples = int(class_count.sum())
+    if cka.num_batches == 0:
+        raise ConfigError(
+            f"Minibatch CKA needs batches of at least {MIN_SAMPLES_CKA} samples; this split has "
+            f"{num_samples} in batches of fewer. Use a larger split or data.batch_size."
+        )
     if cos is None:  # second pass: centring over samples needs the means first
         cos = CosAccumulator("samples", mean=feature_sum / num_samples)
         for features, _ in _batches(system, dataloader, "COS pass", progress):

@@ -59,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed)]
     try:
         trainer: L.Trainer = build(
-            cfg.trainer, default_root_dir=str(run_dir), logger=logger, callbacks=callbacks
+            cfg.trainer, surface=(MisconfigurationException,), default_root_dir=str(run_dir),
+            logger=logger, callbacks=callbacks,
         )
     except MisconfigurationException as error:
         raise ConfigError(

@@ -125,7 +125,10 @@ def pad_tokens(values: torch.Tensor, length: int) -> torch.Tensor:
 def _load(name_or_path: str, num_classes: int, pretrained: bool) -> torch.nn.Module:
     local = Path(name_or_path).expanduser()
     if (name_or_path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
-        raise ConfigError(f"Model directory '{name_or_path}' does not exist.")
+        raise ConfigError(
+            f"Model directory '{name_or_path}' does not exist. For a checkpoint trained on another "
+            "machine, pass model.name_or_path=<its directory here, or hub id> to evaluate.py."
+        )
     source = str(local) if local.is_dir() else name_or_path
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the new classifier's "newly initialized" notice

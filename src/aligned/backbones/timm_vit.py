@@ -65,6 +65,8 @@ class TimmViT(LayerwiseBackbone):
                 "supports timm VisionTransformer models (ViT, DeiT without distillation token)."
             )
         self.num_layers = len(self.model.blocks)
+        if self.num_layers < 1:
+            raise ConfigError(f"timm model '{name}' has no blocks; set model.depth >= 1.")
         self.feature_dim = self.model.num_features
         self.num_classes = num_classes
 
@@ -87,7 +89,21 @@ class TimmViT(LayerwiseBackbone):
         return m.forward_head(m.norm(tokens), pre_logits=True)
 
     def begin(self, images: torch.Tensor) -> BlockState:
+        self.check_images(images)
         return BlockState(self.embed(images))
+
+    def check_images(self, images: Any) -> None:
+        """One clear error for inputs the patch embedding would reject from deep inside."""
+        weight = self.model.patch_embed.proj.weight
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"Expected an image tensor (B, C, H, W), got a {type(images).__name__}"
+                             " (from a loader batch (images, labels), pass the images).")
+        if images.ndim != 4 or images.shape[1] != weight.shape[1] or not images.is_floating_point():
+            raise ValueError(
+                f"Expected float images (B, {weight.shape[1]}, H, W), preprocessed as the data "
+                f"module does (a batch of its test_dataloader()); got {tuple(images.shape)} "
+                f"{images.dtype}."
+            )
 
     def run_block(self, layer: int, state: BlockState) -> BlockState:
         return BlockState(self.model.blocks[layer - 1](state.tokens))  # (B, N, D)

@@ -14,7 +14,7 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import download_and_extract_archive
 
-from aligned.config import ConfigError
+from aligned.config import ConfigError, positive_int
 from aligned.data.imagenet import TransformedSubset, holdout_indices, image_loader, timm_data_config
 
 NATIVE_SIZE = 32
@@ -111,7 +111,7 @@ class CIFARDataModule(L.LightningDataModule):
         self.in_chans = in_chans
         self.val_size = val_size
         self.split_seed = split_seed
-        self.batch_size = batch_size
+        self.batch_size = positive_int("data.batch_size", batch_size)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.splits: dict[str, Dataset] = {}

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-from aligned.config import ConfigError
+from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling
 
 NUM_CLASSES = 10
@@ -48,7 +48,7 @@ class DigitsDataModule(L.LightningDataModule):
             )
         if not 0 < val_fraction + test_fraction < 1:
             raise ConfigError("data.val_fraction + data.test_fraction must be between 0 and 1.")
-        self.batch_size = batch_size
+        self.batch_size = positive_int("data.batch_size", batch_size)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed

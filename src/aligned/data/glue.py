@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from aligned.config import ConfigError
+from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling
 
 HUB_DATASET = "nyu-mll/glue"
@@ -226,7 +226,11 @@ def load_tokenizer(name_or_path: str):
 
     local = Path(name_or_path).expanduser()
     if name_or_path.startswith((".", "/", "~")) and not local.is_dir():
-        raise ConfigError(f"Tokenizer directory '{name_or_path}' does not exist.")
+        raise ConfigError(
+            f"Tokenizer directory '{name_or_path}' does not exist. For a checkpoint trained on "
+            "another machine, pass model.name_or_path=<the model's directory here> (or "
+            "data.tokenizer=) to evaluate.py."
+        )
     offline = not local.is_dir() and (offline_mode() or not hub_reachable())
     try:
         return AutoTokenizer.from_pretrained(
@@ -356,7 +360,7 @@ class GlueDataModule(L.LightningDataModule):
         self.tokenizer_name = tokenizer  # a hub name or a local directory
         self.data_dir = Path(data_dir).expanduser().absolute() if data_dir else None
         self.max_length = max_length
-        self.batch_size = batch_size
+        self.batch_size = positive_int("data.batch_size", batch_size)
         self.train_subset = train_subset
         self.subset_seed = subset_seed
         self.num_workers = num_workers

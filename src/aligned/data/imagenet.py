@@ -18,7 +18,7 @@ from timm.models import get_pretrained_cfg
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
-from aligned.config import ConfigError
+from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling
 
 DEFAULT_IMAGE_SIZE = 224
@@ -154,7 +154,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.in_chans = in_chans
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self.batch_size = batch_size
+        self.batch_size = positive_int("data.batch_size", batch_size)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.splits: dict[str, Dataset] = {}
