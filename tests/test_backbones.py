@@ -56,6 +56,17 @@ def test_vit_features_match_timm_forward_intermediates():
         torch.testing.assert_close(ours[layer], cls[:, 0])
 
 
+def test_vit_inputs_it_cannot_read_are_one_clear_error():
+    backbone = TimmViT("vit_tiny_patch16_224", num_classes=5, **TINY_VIT).eval()
+    images = torch.randn(2, 1, 8, 8)
+    for bad, message in [((images, torch.zeros(2)), "got a tuple"),
+                         (images[0], r"got \(1, 8, 8\)"),
+                         (images.repeat(1, 3, 1, 1), r"Expected float images \(B, 1, H, W\)"),
+                         (images.to(torch.uint8), "torch.uint8")]:
+        with pytest.raises(ValueError, match=message):
+            backbone(bad)
+
+
 def test_vit_loads_local_pretrained_weights_and_starts_a_new_classifier(tmp_path):
     """A local copy of ImageNet-style weights (1000 classes) fine-tuned on 5 classes."""
     torch.manual_seed(0)

@@ -394,6 +394,13 @@ def test_the_state_rule_runs_the_head_only_where_samples_leave():
         hook.remove()
 
 
+@pytest.mark.parametrize("size", [0, -3, 2.5])
+def test_pool_size_must_be_a_positive_integer(size):
+    system = sharpen(tiny_vit_system("aligned"))
+    with pytest.raises(ValueError, match="pool_size must be a positive integer"):
+        EarlyExitClassifier(system, ConfidenceRule(0.5)).predict(vit_batches(1, 4), size)
+
+
 def test_results_are_normal_tensors_that_callers_may_edit():
     """Inference runs in inference mode; what it hands back must not be an inference tensor."""
     system = sharpen(tiny_vit_system("aligned"))

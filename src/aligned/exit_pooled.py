@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from aligned.backbones.base import BlockState
+from aligned.config import positive_int
 from aligned.exit import run_layer
 from aligned.exit_rules import (
     Exited,
@@ -48,9 +49,8 @@ class Pending:
 
 class PooledEarlyExit:
     def __init__(self, system: LayerwiseClassifier, rule: ExitRule, pool_size: int) -> None:
-        if pool_size < 1:
-            raise ValueError(f"pool_size must be at least 1, got {pool_size}.")
-        self.system, self.rule, self.pool_size = system.eval(), rule, pool_size
+        self.pool_size = positive_int("pool_size", pool_size)
+        self.system, self.rule = system.eval(), rule
         self.num_layers = system.backbone.num_layers
         self.read_from = first_read(rule, self.num_layers)
         self.queues: list[list[Pending]] = [[] for _ in range(self.num_layers + 2)]

@@ -69,6 +69,7 @@ class TimmViT(LayerwiseBackbone):
             raise ConfigError(f"timm model '{name}' has no blocks; set model.depth >= 1.")
         self.feature_dim = self.model.num_features
         self.num_classes = num_classes
+        self.in_chans = in_chans
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch + position embedding: the tokens block 1 reads, (B, N, D)."""
@@ -94,13 +95,12 @@ class TimmViT(LayerwiseBackbone):
 
     def check_images(self, images: Any) -> None:
         """One clear error for inputs the patch embedding would reject from deep inside."""
-        weight = self.model.patch_embed.proj.weight
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"Expected an image tensor (B, C, H, W), got a {type(images).__name__}"
                              " (from a loader batch (images, labels), pass the images).")
-        if images.ndim != 4 or images.shape[1] != weight.shape[1] or not images.is_floating_point():
+        if images.ndim != 4 or images.shape[1] != self.in_chans or not images.is_floating_point():
             raise ValueError(
-                f"Expected float images (B, {weight.shape[1]}, H, W), preprocessed as the data "
+                f"Expected float images (B, {self.in_chans}, H, W), preprocessed as the data "
                 f"module does (a batch of its test_dataloader()); got {tuple(images.shape)} "
                 f"{images.dtype}."
             )
