@@ -152,3 +152,10 @@ def test_compare_to_needs_the_same_data_and_depth(other, message):
     with pytest.raises(ConfigError, match=message):
         check_comparable(["a.ckpt", "b.ckpt"], list(checkpoints), list(systems))
     check_comparable(["a.ckpt", "a.ckpt"], [checkpoints[0]] * 2, [systems[0]] * 2)  # same: fine
+
+
+def test_a_model_override_the_checkpoint_has_no_key_for_is_a_clear_error(checkpoints, tmp_path):
+    done = run_evaluate(f"ckpt_path={checkpoints['aligned']}", "model.name_or_path=/x",
+                        out=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "model config has no name_or_path" in done.stderr and "Traceback" not in done.stderr

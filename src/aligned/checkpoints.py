@@ -47,7 +47,12 @@ def load_system(
     HF model's config files live on this machine (the checkpoint stores the training machine's).
     """
     hparams = copy.deepcopy(checkpoint["hyper_parameters"])
-    hparams["model"].update({k: v for k, v in (model_overrides or {}).items() if v is not None})
+    overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
+    unknown = set(overrides) - set(hparams["model"])
+    if unknown:
+        raise ConfigError(f"This checkpoint's model config has no {', '.join(sorted(unknown))} "
+                          f"(its keys: {', '.join(sorted(hparams['model']))}).")
+    hparams["model"].update(overrides)
     # The trained weights follow; don't load the pretrained ones again (HF: the config suffices).
     if hparams["model"].get("_target_") == TIMM_TARGET:
         hparams["model"].update(pretrained=False, checkpoint_path=None)
