@@ -136,9 +136,9 @@ def test_missing_checkpoint_and_bad_max_drop_are_clear_errors(tmp_path, override
 
 
 def model_of(target: str, task: str | None, classes: int, layers: int):
-    checkpoint = {"run_config": {"data": {"_target_": target, "task": task}}}
+    run_config = {"data": {"_target_": target, "task": task}}
     system = SimpleNamespace(num_layers=layers, backbone=SimpleNamespace(num_classes=classes))
-    return checkpoint, system
+    return run_config, system
 
 
 @pytest.mark.parametrize("other, message", [
@@ -148,10 +148,10 @@ def model_of(target: str, task: str | None, classes: int, layers: int):
 ])
 def test_compare_to_needs_the_same_data_and_depth(other, message):
     models = [model_of("aligned.data.glue.GlueDataModule", "qnli", 2, 6), model_of(*other)]
-    checkpoints, systems = zip(*models, strict=True)
+    run_configs, systems = zip(*models, strict=True)
     with pytest.raises(ConfigError, match=message):
-        check_comparable(["a.ckpt", "b.ckpt"], list(checkpoints), list(systems))
-    check_comparable(["a.ckpt", "a.ckpt"], [checkpoints[0]] * 2, [systems[0]] * 2)  # same: fine
+        check_comparable(["a.ckpt", "b.ckpt"], list(run_configs), list(systems))
+    check_comparable(["a.ckpt", "a.ckpt"], [run_configs[0]] * 2, [systems[0]] * 2)  # same: fine
 
 
 def test_a_model_override_the_checkpoint_has_no_key_for_is_a_clear_error(checkpoints, tmp_path):

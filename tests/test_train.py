@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY
+from omegaconf import OmegaConf
 
 from aligned.config import ConfigError
 from aligned.system import LayerwiseClassifier
@@ -96,6 +97,7 @@ def test_train_py_end_to_end(tmp_path):
         ("+data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
         ("optim.lr=-1", "optim.lr must be positive, got -1"),
         ("model.depth=0", "has no blocks; set model.depth >= 1"),
+        ("+trainer.val_check_interval=-1", "Invalid trainer settings: You have passed invalid"),
     ],
 )
 def test_user_errors_give_one_clear_message(tmp_path, override, message):
@@ -120,3 +122,20 @@ def test_wandb_logger_runs_offline_and_records_per_layer_keys(tmp_path):
     for key in (b"val_layers/acc_L01", b"val_layers/acc_L02", b"val/acc", b"train/loss",
                 b"vit-digits-aligned-seed0"):
         assert key in records
+
+
+def test_build_surfaces_our_error_and_leaves_other_failures_as_they_are():
+    from hydra.errors import InstantiationException
+
+    from aligned.config import build
+
+    glue = {"_target_": "aligned.data.glue.GlueDataModule", "task": "foo", "tokenizer": "x",
+            "n": "${glue_num_labels:${task}}"}
+    with pytest.raises(ConfigError, match="Unknown GLUE task 'foo'"):
+        build(OmegaConf.create(glue))
+    # A failure of its own while an earlier ConfigError is being handled stays that failure.
+    try:
+        raise ConfigError("an earlier, handled error")
+    except ConfigError:
+        with pytest.raises(InstantiationException, match="out_features"):
+            build({"_target_": "torch.nn.Linear", "in_features": 2})

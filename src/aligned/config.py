@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -19,9 +20,9 @@ class TrainingDiverged(ConfigError):
 
 def positive_int(key: str, value: Any) -> int:
     """``value`` of config key ``key`` as a positive integer, or a ConfigError naming the key."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
-    return value
+    return int(value)
 
 
 def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
@@ -36,8 +37,8 @@ def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs:
         return instantiate(node, **kwargs)
     except (InstantiationException, InterpolationResolutionError) as wrapped:
         cause: BaseException | None = wrapped
-        while cause is not None and not isinstance(cause, (ConfigError, *surface)):
+        while isinstance(cause, (InstantiationException, OmegaConfBaseException)):  # wrappers only
             cause = cause.__cause__ or cause.__context__  # OmegaConf may chain implicitly
-        if cause is None:
-            raise
-        raise cause from None
+        if isinstance(cause, (ConfigError, *surface)):
+            raise cause from None
+        raise

@@ -42,18 +42,13 @@ def evaluation_dataloader(run_config: dict, data_overrides: dict, split: str) ->
 
 
 def analyse_checkpoint(
-    ckpt_path: str, checkpoint: dict, system: LayerwiseClassifier, cfg: DictConfig,
-    keep_logits: bool = True,
+    ckpt_path: str, run_config: dict, system: LayerwiseClassifier, data_overrides: dict,
+    cfg: DictConfig, keep_logits: bool = True,
 ) -> tuple[dict[str, Any], LayerwiseOutputs, dict]:
     if system.backbone.num_classes == 1:
         raise ConfigError(
             "evaluate.py analyses classifiers; this checkpoint is a regression model."
         )
-    run_config = checkpoint["run_config"]
-    data_overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
-    model_path = (cfg.get("model") or {}).get("name_or_path")
-    if model_path and "tokenizer" in run_config["data"] and not data_overrides.get("tokenizer"):
-        data_overrides["tokenizer"] = model_path  # the tokenizer follows the model, as in training
     loader = evaluation_dataloader(run_config, data_overrides, cfg.split)
     outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits)
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
@@ -110,17 +105,17 @@ def display_names(run_configs: list[dict]) -> list[str]:
     return names
 
 
-def data_of(checkpoint: dict) -> tuple:
+def data_of(run_config: dict) -> tuple:
     """What a model was trained and is evaluated on: the data module and, for GLUE, the task."""
-    data = checkpoint["run_config"]["data"]
+    data = run_config["data"]
     return data.get("_target_"), data.get("task")
 
 
-def check_comparable(paths: list[str], checkpoints: list[dict],
+def check_comparable(paths: list[str], run_configs: list[dict],
                      systems: list[LayerwiseClassifier]) -> None:
     """compare_to draws both models on the same figures and compares them sample by sample at
     matched depth: they must share the data (so the same split) and the number of layers."""
-    (a, b), (data_a, data_b) = systems, [data_of(c) for c in checkpoints]
+    (a, b), (data_a, data_b) = systems, [data_of(c) for c in run_configs]
     if data_a != data_b or a.backbone.num_classes != b.backbone.num_classes:
         raise ConfigError(
             f"compare_to: '{paths[1]}' was trained on {data_b[0]} {data_b[1] or ''} "
@@ -134,6 +129,26 @@ def check_comparable(paths: list[str], checkpoints: list[dict],
         )
 
 
+def load_for_evaluation(
+    path: str, cfg: DictConfig, moved_from: str | None = None
+) -> tuple[dict, LayerwiseClassifier, dict, str | None]:
+    """A checkpoint's run config, model, data overrides and stored HF model path.
+    ``model.name_or_path`` replaces the HF model path ``moved_from`` (that of ``ckpt_path``'s
+    model; None: this is it) wherever the checkpoint stored it: its model and, when it followed
+    the model, its tokenizer."""
+    checkpoint = read_checkpoint(path)  # the weights live on in the model only
+    run_config = checkpoint["run_config"]
+    data_overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    new_path = (cfg.get("model") or {}).get("name_or_path")
+    stored = checkpoint["hyper_parameters"]["model"].get("name_or_path")
+    model_overrides = {}
+    if new_path is not None and (moved_from is None or stored == moved_from):
+        model_overrides["name_or_path"] = new_path  # load_system rejects it for a ViT
+        if run_config["data"].get("tokenizer") == stored and not data_overrides.get("tokenizer"):
+            data_overrides["tokenizer"] = new_path
+    return run_config, load_system(checkpoint, model_overrides), data_overrides, stored
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("Give the checkpoint to analyse: python evaluate.py "
@@ -145,13 +160,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = [cfg.ckpt_path] + ([cfg.compare_to] if cfg.get("compare_to") else [])
-    checkpoints = [read_checkpoint(path) for path in paths]
-    model_overrides = OmegaConf.to_container(cfg.model) if cfg.get("model") else {}
-    systems = [load_system(checkpoint, model_overrides) for checkpoint in checkpoints]
+    loaded = [load_for_evaluation(paths[0], cfg)]
     if len(paths) > 1:
-        check_comparable(paths, checkpoints, systems)
-    analysed = [analyse_checkpoint(*args, cfg)
-                for args in zip(paths, checkpoints, systems, strict=True)]
+        loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0][3]))
+        check_comparable(paths, [model[0] for model in loaded], [model[1] for model in loaded])
+    analysed = [analyse_checkpoint(path, run_config, system, data_overrides, cfg)
+                for path, (run_config, system, data_overrides, _) in zip(paths, loaded,
+                                                                        strict=True)]
     labels = display_names([run_config for _, _, run_config in analysed])
     summaries = {label: summary for label, (summary, _, _) in zip(labels, analysed, strict=True)}
 

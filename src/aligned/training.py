@@ -20,6 +20,10 @@ from aligned.system import LayerwiseClassifier, headline_key
 log = logging.getLogger(__name__)
 
 
+# Words of Lightning's errors about hardware, which get the accelerator/devices hint.
+HARDWARE_WORDS = ("accelerator", "device", "gpu", "cuda", "mps", "tpu")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; returns the results dict.
 
@@ -63,9 +67,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             logger=logger, callbacks=callbacks,
         )
     except MisconfigurationException as error:
+        hardware = any(word in str(error).lower() for word in HARDWARE_WORDS)
         raise ConfigError(
-            f"The trainer settings do not fit this machine: {error} Set trainer.accelerator "
-            "and trainer.devices to what it has (e.g. trainer.accelerator=cpu trainer.devices=1)."
+            f"The trainer settings do not fit this machine: {error} Set trainer.accelerator and "
+            "trainer.devices to what it has (e.g. trainer.accelerator=cpu trainer.devices=1)."
+            if hardware else f"Invalid trainer settings: {error}"
         ) from None
     if logger:
         logger.log_hyperparams({"objective_extra_parameters": extra})

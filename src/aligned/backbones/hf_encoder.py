@@ -55,6 +55,8 @@ class HFEncoder(LayerwiseBackbone):
         if self.model.bert.pooler is None:
             raise ConfigError(f"'{name_or_path}' has no pooler; BERT's head needs one.")
         self.num_layers = self.model.config.num_hidden_layers
+        if self.num_layers < 1:
+            raise ConfigError(f"'{name_or_path}' has no layers (num_hidden_layers=0).")
         self.feature_dim = self.model.config.hidden_size
         self.num_classes = num_classes
 
