@@ -130,6 +130,13 @@ def test_bert_shared_head_on_last_layer_equals_native_logits(tmp_path):
     torch.testing.assert_close(layer_logits[-1], native)
 
 
+def test_bert_inputs_that_are_not_tokenised_are_one_clear_error(tmp_path):
+    backbone = HFEncoder(tiny_bert_dir(tmp_path), num_classes=3).eval()
+    for bad in ("a sentence", ["a", "b"], {"text": "a sentence"}):
+        with pytest.raises(ValueError, match="Expected tokenised text"):
+            backbone.begin(bad)
+
+
 def test_bert_loads_saved_weights(tmp_path):
     path = tiny_bert_dir(tmp_path)
     reference = BertForSequenceClassification.from_pretrained(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -76,6 +77,12 @@ class HFEncoder(LayerwiseBackbone):
         return pooler.activation(pooler.dense(tokens))
 
     def begin(self, inputs: dict[str, torch.Tensor]) -> BlockState:
+        if not isinstance(inputs, Mapping) or not isinstance(inputs.get("input_ids"), torch.Tensor):
+            raise ValueError(
+                "Expected tokenised text: a dict with input_ids (B, T) and attention_mask, as the "
+                "tokenizer returns with return_tensors='pt' (or a batch of the data module's "
+                f"loader); got a {type(inputs).__name__}."
+            )
         bert = self.model.bert
         embedded = bert.embeddings(
             input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"),
