@@ -7,13 +7,11 @@ model of the same family) and the data sets (tiny files in the real on-disk form
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT, compose_train
+from conftest import CONF, compose_train
+from test_evaluate import run_evaluate
 from test_glue_data import GLUE_FILES
 from test_vision_data import (
     CLASSES,
@@ -117,13 +115,9 @@ def test_an_hf_checkpoint_evaluates_after_its_model_directory_moved(tmp_path, mo
     checkpoint = train(compose_train(overrides, tmp_path / "run"))["checkpoint"]
     moved = (tmp_path / "bert").rename(tmp_path / "elsewhere")
 
-    def evaluate(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "evaluate.py", f"ckpt_path={checkpoint}", "early_exit.enabled=false",
-             f"hydra.run.dir={tmp_path / 'evaluation'}", *extra],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        )
+    def evaluate(*extra: str):
+        return run_evaluate(f"ckpt_path={checkpoint}", "early_exit.enabled=false", *extra,
+                            out=tmp_path / "evaluation")
 
     done = evaluate()
     assert done.returncode == 2, done.stderr[-2000:]

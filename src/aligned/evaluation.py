@@ -4,6 +4,7 @@ and early exit (rules swept on val, operating points reported on test; METHOD.md
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,22 @@ def evaluation_dataloader(run_config: dict, data_overrides: dict, split: str) ->
     return datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
 
 
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint ready to analyse: its model, its run config, the data overrides it is
+    evaluated with, and the HF model path it stored (None for a ViT)."""
+
+    path: str
+    run_config: dict
+    system: LayerwiseClassifier
+    data_overrides: dict
+    model_path: str | None
+
+
 def analyse_checkpoint(
-    ckpt_path: str, run_config: dict, system: LayerwiseClassifier, data_overrides: dict,
-    cfg: DictConfig, keep_logits: bool = True,
+    loaded: LoadedCheckpoint, cfg: DictConfig, keep_logits: bool = True
 ) -> tuple[dict[str, Any], LayerwiseOutputs, dict]:
+    system, run_config, data_overrides = loaded.system, loaded.run_config, loaded.data_overrides
     if system.backbone.num_classes == 1:
         raise ConfigError(
             "evaluate.py analyses classifiers; this checkpoint is a regression model."
@@ -53,7 +66,7 @@ def analyse_checkpoint(
     outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits)
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
     summary = {
-        "checkpoint": str(Path(ckpt_path).resolve()),
+        "checkpoint": str(Path(loaded.path).resolve()),
         "names": run_config.get("names", {}),
         "seed": run_config.get("seed"),
         "split": cfg.split,
@@ -111,16 +124,17 @@ def data_of(run_config: dict) -> tuple:
     return data.get("_target_"), data.get("task")
 
 
-def check_comparable(paths: list[str], run_configs: list[dict],
-                     systems: list[LayerwiseClassifier]) -> None:
+def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint) -> None:
     """compare_to draws both models on the same figures and compares them sample by sample at
     matched depth: they must share the data (so the same split) and the number of layers."""
-    (a, b), (data_a, data_b) = systems, [data_of(c) for c in run_configs]
+    a, b = first.system, second.system
+    data_a, data_b = data_of(first.run_config), data_of(second.run_config)
     if data_a != data_b or a.backbone.num_classes != b.backbone.num_classes:
         raise ConfigError(
-            f"compare_to: '{paths[1]}' was trained on {data_b[0]} {data_b[1] or ''} "
-            f"({b.backbone.num_classes} classes), '{paths[0]}' on {data_a[0]} {data_a[1] or ''} "
-            f"({a.backbone.num_classes} classes); compare models of the same data set."
+            f"compare_to: '{second.path}' was trained on {data_b[0]} {data_b[1] or ''} "
+            f"({b.backbone.num_classes} classes), '{first.path}' on {data_a[0]} "
+            f"{data_a[1] or ''} ({a.backbone.num_classes} classes); compare models of the same "
+            "data set."
         )
     if a.num_layers != b.num_layers:
         raise ConfigError(
@@ -131,9 +145,8 @@ def check_comparable(paths: list[str], run_configs: list[dict],
 
 def load_for_evaluation(
     path: str, cfg: DictConfig, moved_from: str | None = None
-) -> tuple[dict, LayerwiseClassifier, dict, str | None]:
-    """A checkpoint's run config, model, data overrides and stored HF model path.
-    ``model.name_or_path`` replaces the HF model path ``moved_from`` (that of ``ckpt_path``'s
+) -> LoadedCheckpoint:
+    """``model.name_or_path`` replaces the HF model path ``moved_from`` (that of ``ckpt_path``'s
     model; None: this is it) wherever the checkpoint stored it: its model and, when it followed
     the model, its tokenizer."""
     checkpoint = read_checkpoint(path)  # the weights live on in the model only
@@ -146,7 +159,8 @@ def load_for_evaluation(
         model_overrides["name_or_path"] = new_path  # load_system rejects it for a ViT
         if run_config["data"].get("tokenizer") == stored and not data_overrides.get("tokenizer"):
             data_overrides["tokenizer"] = new_path
-    return run_config, load_system(checkpoint, model_overrides), data_overrides, stored
+    return LoadedCheckpoint(path, run_config, load_system(checkpoint, model_overrides),
+                            data_overrides, stored)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -162,11 +176,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     paths = [cfg.ckpt_path] + ([cfg.compare_to] if cfg.get("compare_to") else [])
     loaded = [load_for_evaluation(paths[0], cfg)]
     if len(paths) > 1:
-        loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0][3]))
-        check_comparable(paths, [model[0] for model in loaded], [model[1] for model in loaded])
-    analysed = [analyse_checkpoint(path, run_config, system, data_overrides, cfg)
-                for path, (run_config, system, data_overrides, _) in zip(paths, loaded,
-                                                                        strict=True)]
+        loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0].model_path))
+        check_comparable(*loaded)
+    analysed = [analyse_checkpoint(checkpoint, cfg) for checkpoint in loaded]
     labels = display_names([run_config for _, _, run_config in analysed])
     summaries = {label: summary for label, (summary, _, _) in zip(labels, analysed, strict=True)}
 

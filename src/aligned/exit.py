@@ -100,7 +100,7 @@ class EarlyExitClassifier:
             with torch.inference_mode():  # cat copies out normal tensors, so no copy per batch
                 per_batch = [self._exit(inputs) for inputs in inputs_of_batches()]
             result = ExitResult.cat(per_batch) if per_batch else None
-        if result is None or not labels:
+        if not labels:  # no batches
             raise ValueError("The dataloader gave no batches.")
         return ExitResult(result.predictions.cpu(), result.exit_layers.cpu()), torch.cat(labels)
 
