@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, TINY, compose_train
 
 from aligned.config import ConfigError
-from aligned.evaluation import LoadedCheckpoint, check_comparable
+from aligned.evaluation import LoadedCheckpoint, check_comparable, evaluation_dataloader
 from aligned.training import train
 
 
@@ -158,3 +158,16 @@ def test_a_model_override_the_checkpoint_has_no_key_for_is_a_clear_error(checkpo
                         out=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "model config has no name_or_path" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_evaluation_batch_size_override_reaches_digits_val_and_test_batches():
+    # Digits keeps val/test batches (256) apart from training's; evaluate.py's data.batch_size
+    # is about evaluation, so it must set them (an old checkpoint's config has no such key).
+    run_config = {"data": {"_target_": "aligned.data.digits.DigitsDataModule", "batch_size": 64}}
+    default = evaluation_dataloader(run_config, {}, "test")
+    assert default.batch_size == 256 and len(default.dataset) == 360
+    for split in ("val", "test"):
+        loader = evaluation_dataloader(run_config, {"batch_size": 50}, split)
+        assert [len(labels) for _, labels in loader][:2] == [50, 50]
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        evaluation_dataloader(run_config, {"batch_size": 0}, "test")

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aligned import plots
 from aligned.checkpoints import load_system, read_checkpoint
-from aligned.config import ConfigError, build
+from aligned.config import ConfigError, build, positive_int
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_rules import make_rule
 from aligned.exit_sweep import early_exit_summary, matched_comparison, operating_point, simulate
@@ -38,6 +38,9 @@ def evaluation_dataloader(run_config: dict, data_overrides: dict, split: str) ->
     data_cfg = dict(run_config["data"])
     data_cfg.update({k: v for k, v in data_overrides.items() if v is not None})
     datamodule = build(OmegaConf.create(data_cfg))
+    if data_overrides.get("batch_size") is not None and hasattr(datamodule, "eval_batch_size"):
+        # Digits keeps its val/test batch size apart from training's; here the user means it.
+        datamodule.eval_batch_size = positive_int("data.batch_size", data_overrides["batch_size"])
     datamodule.setup("validate" if split == "val" else "test")
     return datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
 

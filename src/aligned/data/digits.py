@@ -27,6 +27,8 @@ class DigitsDataModule(L.LightningDataModule):
     training seed), so runs with different seeds are evaluated on the same images.
     ``num_classes``, ``image_size`` and ``in_chans`` are facts of this data set that model configs
     interpolate; they are checked, and ``image_size`` may upsample (bilinear) for larger patches.
+    Val and test come in batches of ``eval_batch_size`` (256 by default, apart from the training
+    batch size): the splits are small, and minibatch CKA is averaged over these batches.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class DigitsDataModule(L.LightningDataModule):
         image_size: int = IMAGE_SIZE,
         in_chans: int = IN_CHANS,
         max_shift: int = 1,
+        eval_batch_size: int = 256,
     ) -> None:
         super().__init__()
         if num_classes != NUM_CLASSES or in_chans != IN_CHANS:
@@ -49,6 +52,7 @@ class DigitsDataModule(L.LightningDataModule):
         if not 0 < val_fraction + test_fraction < 1:
             raise ConfigError("data.val_fraction + data.test_fraction must be between 0 and 1.")
         self.batch_size = positive_int("data.batch_size", batch_size)
+        self.eval_batch_size = positive_int("data.eval_batch_size", eval_batch_size)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
@@ -95,10 +99,10 @@ class DigitsDataModule(L.LightningDataModule):
         return DataLoader(train, batch_size=self.batch_size, **shuffling(train))
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=256)
+        return DataLoader(self.splits["val"], batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=256)
+        return DataLoader(self.splits["test"], batch_size=self.eval_batch_size)
 
 
 def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
