@@ -127,7 +127,9 @@ def test_missing_truncated_and_foreign_checkpoints_are_clear_errors(checkpoints,
 
 @pytest.mark.parametrize("overrides, message", [
     ([], "Give the checkpoint to analyse"),
-    (["ckpt_path=x.ckpt", "early_exit.max_drop=-1"], "early_exit.max_drop is a fraction"),
+    (["ckpt_path=x.ckpt", "early_exit.max_drop=-1"],
+     "early_exit.max_drop must be a number in [0, 1)"),
+    (["ckpt_path=x.ckpt", "minimal_depth_epsilon=abc"], "minimal_depth_epsilon must be a number"),
 ])
 def test_missing_checkpoint_and_bad_max_drop_are_clear_errors(tmp_path, overrides, message):
     done = run_evaluate(*overrides, out=tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -16,8 +17,9 @@ from conftest import ROOT, TINY
 
 # Every training batch, small: each epoch takes long enough (~1-2 s) to kill the run mid-way.
 RESUMABLE = [
-    *(o for o in TINY if not o.startswith(("+trainer.limit_train_batches", "trainer.max_epochs"))),
-    "+data.batch_size=8", "trainer.max_epochs=4", "+trainer.deterministic=true",
+    *(o for o in TINY
+      if not o.startswith(("+trainer.limit_train_batches", "trainer.max_epochs", "logger="))),
+    "+data.batch_size=8", "trainer.max_epochs=4", "+trainer.deterministic=true", "logger=csv",
 ]
 
 
@@ -59,6 +61,13 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
     assert 1 <= completed_epoch(last) < 3
 
+    killed_at = completed_epoch(last)
+    trained_before = torch.load(last, weights_only=False)["callbacks"]["TrainingTime"]["seconds"]
+    # The run directory moves before the resume (another disk, a copy to a cluster): the stored
+    # checkpoint paths must follow it.
+    moved = tmp_path / "moved"
+    run_dir.rename(moved)
+    run_dir, last = moved, moved / "checkpoints" / "last.ckpt"
     resumed = subprocess.run(
         train_py(*overrides, f"resume={run_dir}", f"hydra.run.dir={tmp_path}/resume"),
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300,
@@ -67,20 +76,17 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     again = json.loads((run_dir / "results.json").read_text())  # written into the resumed run
     assert completed_epoch(last) == 3  # continued to epoch 4 of 4, not restarted
+    assert Path(again["checkpoint"]).parent == run_dir / "checkpoints"
+    assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1  # the old best replaced
+    assert again["train_time_s"] > trained_before  # counts the epochs before the kill too
+    with open(run_dir / "csv" / "metrics.csv") as file:  # the whole run's history, once each
+        epochs = [int(row["epoch"]) for row in csv.DictReader(file) if row.get("val/acc")]
+    assert epochs[: killed_at + 2] == list(range(killed_at + 2))
     assert set(again) == set(full) and again["num_layers"] == full["num_layers"]
     # Deterministic mode, shuffle order from (seed, epoch), RNGs reseeded per epoch: the resumed
     # run trains on the same batches with the same draws, so the results are identical.
     assert again["layer_accuracy"] == full["layer_accuracy"]
     assert again["final_accuracy"] == full["final_accuracy"]
-
-
-def test_resume_from_a_missing_run_is_a_clear_error(tmp_path):
-    done = subprocess.run(
-        train_py(*TINY, f"resume={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/run"),
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 2
-    assert "Cannot resume" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
@@ -106,3 +112,24 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     with torch.no_grad():
         accuracy = (system(images).argmax(-1) == labels).float().mean(1)  # (L,)
     np.testing.assert_allclose(results["layer_accuracy"]["test"], accuracy.numpy(), atol=1e-6)
+
+
+def test_resume_with_other_settings_a_stray_checkpoint_or_no_run_is_a_clear_error(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.run(train_py(*TINY, f"hydra.run.dir={run_dir}"), cwd=ROOT, env=env(),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    stray = tmp_path / "copy.ckpt"
+    stray.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    for overrides, resume, expected in (
+        (["loss=standard"], run_dir, "loss._target_"),
+        (["seed=5"], run_dir, "seed: 0 in the run, 5 now"),
+        ([], stray, "not in a run's checkpoints/ folder"),
+        ([], tmp_path / "nothing", "Cannot resume"),
+    ):
+        done = subprocess.run(
+            train_py(*TINY, *overrides, f"resume={resume}", f"hydra.run.dir={tmp_path}/again"),
+            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and expected in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "checkpoints").exists()  # nothing written next to the stray file

@@ -140,6 +140,17 @@ def test_multirun_with_the_joblib_launcher(tmp_path):
     assert all(row["num_seeds"] == "1" for row in rows.values())
 
 
+def test_a_failed_job_does_not_stop_the_sweep_nor_its_summary(tmp_path):
+    # Job 0 is a config error (3 weights for 2 layers), job 1 is fine: it must still run, the
+    # summary must cover it and name the failed job, and the sweep must exit non-zero.
+    done = run_multirun(tmp_path, "loss.weighting=[1,2,3],linear")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Error: loss.weighting" in done.stderr and "Traceback" not in done.stderr
+    rows = read_summary(tmp_path)
+    assert set(rows) == {"aligned"} and "loss.weighting=linear" in rows["aligned"]["overrides"]
+    assert "skipped 1 job dir(s) without results.json" in (tmp_path / "summary.md").read_text()
+
+
 def run_summary_command(sweep_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "aligned.sweep_summary", str(sweep_dir)],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, compose_train
 from omegaconf import OmegaConf
 
 from aligned.config import ConfigError
@@ -70,6 +70,27 @@ def test_class_mismatch_between_model_and_data_is_a_clear_error(tiny_train_cfg):
         train(tiny_train_cfg("model.num_classes=5"))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model=minilm"], "model=minilm reads text but data=digits holds images"),
+    (["data=glue", "data.data_dir=unused"], "model=vit reads images but data=glue holds text"),
+])
+def test_a_text_model_on_images_or_the_reverse_is_a_clear_error(tmp_path, overrides, message):
+    # Caught before anything is built: otherwise a BERT repr inside a TypeError from the first
+    # batch, or an interpolation error about model.name_or_path.
+    with pytest.raises(ConfigError, match=message):
+        train(compose_train(overrides, tmp_path / "run"))
+
+
+def test_a_run_that_never_validated_evaluates_its_last_checkpoint(tiny_train_cfg):
+    # max_steps ends training inside the first epoch, before any validation: there is no best
+    # epoch, so the results come from last.ckpt instead of a crash after training.
+    results = train(tiny_train_cfg("+trainer.max_steps=2"))
+    assert Path(results["checkpoint"]).name == "last.ckpt"
+    assert len(results["layer_accuracy"]["val"]) == 2
+    with pytest.raises(ConfigError, match="Training ran no step"):
+        train(tiny_train_cfg("trainer.max_epochs=0"))
+
+
 def run_train_py(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
@@ -95,8 +116,12 @@ def test_train_py_end_to_end(tmp_path):
         ("model=nonexistent", "Could not find 'model/nonexistent'"),
         ("trainer.accelerator=gpu", "The trainer settings do not fit this machine"),
         ("+data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
-        ("optim.lr=-1", "optim.lr must be positive, got -1"),
+        ("optim.lr=-1", "optim.lr must be a positive number, got -1"),
+        ("optim.lr=abc", "optim.lr must be a positive number, got 'abc'"),
         ("model.depth=0", "has no blocks; set model.depth >= 1"),
+        ("model.patch_size=3", "Patches of 3 pixels do not tile images of 8"),
+        ("model.embed_dim=33", "dim should be divisible by num_heads"),
+        ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0 leaves no val batches"),
         ("+trainer.val_check_interval=-1", "Invalid trainer settings: You have passed invalid"),
     ],
 )

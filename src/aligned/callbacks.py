@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -33,3 +35,25 @@ class EpochSeed(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         L.seed_everything(self.seed + 1000 * trainer.current_epoch, workers=True, verbose=False)
+
+
+class TrainingTime(Callback):
+    """Seconds of ``fit``, summed over a run and its resumptions: the total is stored in every
+    checkpoint, so a resumed run's results.json counts the epochs trained before the kill."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # from the checkpoint resumed
+        self.start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self.start if self.start is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before = state_dict["seconds"]

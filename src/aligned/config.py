@@ -25,6 +25,17 @@ def positive_int(key: str, value: Any) -> int:
     return int(value)
 
 
+def number(key: str, value: Any, low: float, high: float, high_open: bool = False) -> float:
+    """``value`` of config key ``key`` as a float in [low, high] (or [low, high)), else a
+    ConfigError naming the key and the range."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+          and low <= value and (value < high if high_open else value <= high))
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"{key} must be a number in [{low:g}, {high:g}{bracket}, got {value!r}.")
+    return float(value)
+
+
 def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that surfaces our own ConfigError instead of a wrapper.
 

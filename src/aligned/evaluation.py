@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aligned import plots
 from aligned.checkpoints import load_system, read_checkpoint
-from aligned.config import ConfigError, build, positive_int
+from aligned.config import ConfigError, build, number, positive_int
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_rules import make_rule
 from aligned.exit_sweep import early_exit_summary, matched_comparison, operating_point, simulate
@@ -170,10 +170,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("Give the checkpoint to analyse: python evaluate.py "
                           "ckpt_path=<run dir>/checkpoints/last.ckpt")
-    max_drop = (cfg.get("early_exit") or {}).get("max_drop", 0.01)
-    if not 0 <= max_drop < 1:
-        raise ConfigError(f"early_exit.max_drop is a fraction of accuracy in [0, 1) (0.01 = one "
-                          f"point), got {max_drop}.")
+    # Fractions of accuracy (0.01 = one point).
+    number("early_exit.max_drop", (cfg.get("early_exit") or {}).get("max_drop", 0.01), 0, 1,
+           high_open=True)
+    number("minimal_depth_epsilon", cfg.minimal_depth_epsilon, 0, 1)
+    number("monotone_tolerance", cfg.monotone_tolerance, 0, 1)
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = [cfg.ckpt_path] + ([cfg.compare_to] if cfg.get("compare_to") else [])

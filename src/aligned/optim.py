@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
 
-from aligned.config import ConfigError
+from aligned.config import ConfigError, number
 
 DECAYS = ("cosine", "linear")
 
@@ -28,10 +29,10 @@ def adamw_with_warmup_cosine(
     the paper's GPT-2 recipe), from the peak after warm-up down to ``min_lr_ratio`` × lr.
     Biases and norm weights (1-D parameters) get no weight decay, as in timm and HF training.
     """
-    if not lr > 0:
-        raise ConfigError(f"optim.lr must be positive, got {lr}.")
-    if not 0 <= warmup_fraction < 1:
-        raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {warmup_fraction}.")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
+        raise ConfigError(f"optim.lr must be a positive number, got {lr!r}.")
+    number("optim.warmup_fraction", warmup_fraction, 0, 1, high_open=True)
+    number("optim.weight_decay", weight_decay, 0, math.inf)
     if decay not in DECAYS:
         raise ConfigError(f"optim.decay={decay!r} is not one of {', '.join(DECAYS)}.")
     decayed, not_decayed = [], []

@@ -205,8 +205,10 @@ class SweepSummaryCallback(Callback):
             summarize_sweep(sweep_dir)
         except SweepSummaryError as error:  # the jobs' own errors were reported already
             print(f"No sweep summary: {error}", file=sys.stderr)
-            return
+            sys.exit(1)
         print_written(sweep_dir)
+        if find_runs(sweep_dir)[1]:  # failed jobs (train.py let the others run): exit 1
+            sys.exit(1)
 
 
 def print_written(sweep_dir: Path) -> None:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.utils import get_class
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
-from aligned.callbacks import EpochSeed, RunConfigInCheckpoint
+from aligned.callbacks import EpochSeed, RunConfigInCheckpoint, TrainingTime
 from aligned.config import ConfigError, build
 from aligned.results import format_table, layer_values, write_results
+from aligned.resume import (
+    RelocatableCheckpoint,
+    check_same_settings,
+    keep_csv_history,
+    resume_checkpoint,
+    run_dir_of,
+)
 from aligned.system import LayerwiseClassifier, headline_key
 
 log = logging.getLogger(__name__)
@@ -30,8 +37,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     With ``cfg.resume`` (a run directory or a checkpoint file) training continues from that
     checkpoint and writes into the resumed run's directory.
     """
+    check_input_kinds(cfg)
     resume_from = resume_checkpoint(cfg.get("resume"))
-    run_dir = resume_from.parents[1] if resume_from else Path(cfg.run_dir).resolve()
+    resumed = check_same_settings(cfg, resume_from) if resume_from else None
+    run_dir = run_dir_of(resume_from) if resume_from else Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)  # loggers interpolate ${run_dir}
@@ -49,18 +58,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # The best epoch by the headline val metric, and last.ckpt rewritten after every epoch: the
     # point a killed run resumes from. (Lightning's own save_last only follows top-k saves.)
-    checkpoint = ModelCheckpoint(
+    checkpoint = RelocatableCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,
         monitor=headline_key("val", metrics[0]),
         mode="max",
     )
-    latest = ModelCheckpoint(
+    latest = RelocatableCheckpoint(
         dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
     )
     logger = build(cfg.logger) if cfg.get("logger") else False
-    callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed)]
+    timer = TrainingTime()
+    callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed), timer]
     try:
         trainer: L.Trainer = build(
             cfg.trainer, surface=(MisconfigurationException,), default_root_dir=str(run_dir),
@@ -74,13 +84,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if hardware else f"Invalid trainer settings: {error}"
         ) from None
     if logger:
+        if resumed is not None:
+            keep_csv_history(logger, resumed["epoch"])
         logger.log_hyperparams({"objective_extra_parameters": extra})
+    del resumed  # the weights load again in fit(); don't hold a second copy
 
-    start = time.perf_counter()
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
-        train_time = time.perf_counter() - start
-        results = evaluate_best(trainer, system, datamodule, checkpoint, cfg, metrics, train_time)
+        train_time = timer.seconds
+        best = best_checkpoint(checkpoint, latest)
+        results = evaluate_best(trainer, system, datamodule, best, cfg, metrics, train_time)
     finally:
         finish_wandb(logger)
     if trainer.is_global_zero:
@@ -89,9 +102,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def evaluate_best(trainer, system, datamodule, checkpoint, cfg, metrics, train_time) -> dict:
+def best_checkpoint(checkpoint: ModelCheckpoint, latest: ModelCheckpoint) -> str:
+    """The best epoch's file; the last one when no validation ran (e.g. trainer.max_steps ended
+    training inside the first epoch, or check_val_every_n_epoch > max_epochs)."""
+    if checkpoint.best_model_path:
+        return checkpoint.best_model_path
+    if latest.last_model_path or latest.best_model_path:
+        log.warning("No validation ran during training; evaluating the last checkpoint.")
+        return latest.last_model_path or latest.best_model_path
+    raise ConfigError("Training ran no step, so there is nothing to evaluate (check "
+                      "trainer.max_epochs and trainer.max_steps).")
+
+
+def evaluate_best(trainer, system, datamodule, best, cfg, metrics, train_time) -> dict:
     """Validate and test the best checkpoint; the results.json dict."""
-    best = checkpoint.best_model_path
     val = trainer.validate(system, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test = trainer.test(system, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     layers, headline = system.num_layers, metrics[0]
@@ -123,19 +147,27 @@ def evaluate_best(trainer, system, datamodule, checkpoint, cfg, metrics, train_t
     return results
 
 
-def resume_checkpoint(resume: str | None) -> Path | None:
-    """The checkpoint to resume from: ``<run dir>/checkpoints/last.ckpt`` or the given file."""
-    if not resume:
-        return None
-    path = Path(resume).expanduser().resolve()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
+def check_input_kinds(cfg: DictConfig) -> None:
+    """A text model on image data (or the reverse) would fail inside the first batch, or in an
+    interpolation of the data config; say what to pair instead."""
+    kinds = {}
+    for group in ("model", "data"):
+        try:
+            kinds[group] = getattr(get_class(cfg[group]._target_), "inputs", None)
+        except Exception:  # noqa: BLE001  (a bad target: building it reports that)
+            return
+    if None not in kinds.values() and kinds["model"] != kinds["data"]:
         raise ConfigError(
-            f"Cannot resume: '{path}' does not exist. Pass resume=<run dir> (containing "
-            "checkpoints/last.ckpt) or resume=<path to a .ckpt file>."
+            f"model={cfg.names.model} reads {kinds['model']} but data={cfg.names.data} holds "
+            f"{kinds['data']}: pair a text model (bert, minilm) with data=glue, and an image "
+            "model (vit, vit_s, vit_b, deit_s, deit_b) with digits, cifar10, cifar100 or imagenet."
         )
-    return path
+    for split in ("val", "test"):
+        if cfg.trainer.get(f"limit_{split}_batches") == 0:
+            raise ConfigError(
+                f"trainer.limit_{split}_batches=0 leaves no {split} batches, which the results "
+                "need (val picks the best epoch); use a fraction or a count above 0."
+            )
 
 
 def finish_wandb(logger: Any) -> None:

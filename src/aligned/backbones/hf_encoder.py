@@ -35,6 +35,8 @@ class HFEncoder(LayerwiseBackbone):
     (``create_bidirectional_mask``: 4-D, or None without padding under SDPA), pooling + pooler.
     """
 
+    inputs = "text"  # what it reads; train.py checks that model and data agree
+
     def __init__(
         self,
         name_or_path: str,

@@ -24,6 +24,8 @@ class TimmViT(LayerwiseBackbone):
     extra keyword arguments go to ``timm.create_model`` (e.g. depth, embed_dim, patch_size).
     """
 
+    inputs = "images"  # what it reads; train.py checks that model and data agree
+
     def __init__(
         self,
         name: str,
@@ -51,6 +53,10 @@ class TimmViT(LayerwiseBackbone):
                 name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
                 **timm_kwargs,
             )
+        except (AssertionError, TypeError) as error:  # timm's checks of its arguments
+            raise ConfigError(
+                f"timm cannot build '{name}' with these model settings: {error}."
+            ) from None
         except (OSError, RuntimeError) as error:
             if not pretrained:
                 raise
@@ -64,12 +70,27 @@ class TimmViT(LayerwiseBackbone):
                 f"timm model '{name}' is a {type(self.model).__name__}; the layer-wise surface "
                 "supports timm VisionTransformer models (ViT, DeiT without distillation token)."
             )
+        self.check_patches()
         self.num_layers = len(self.model.blocks)
         if self.num_layers < 1:
             raise ConfigError(f"timm model '{name}' has no blocks; set model.depth >= 1.")
         self.feature_dim = self.model.num_features
         self.num_classes = num_classes
         self.in_chans = in_chans
+
+    def check_patches(self) -> None:
+        """Patches must tile the image: timm would drop the border pixels, or fail inside the
+        first batch for a patch larger than the image."""
+        embed = self.model.patch_embed
+        if embed.img_size is None or getattr(embed, "dynamic_img_size", False):
+            return
+        if any(size % patch for size, patch in zip(embed.img_size, embed.patch_size, strict=True)):
+            raise ConfigError(
+                f"Patches of {embed.patch_size[0]} pixels do not tile images of "
+                f"{embed.img_size[0]} (model.img_size, from data.image_size): use a patch size "
+                "that divides the image size (model.patch_size), or resize the images "
+                "(data.image_size)."
+            )
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch + position embedding: the tokens block 1 reads, (B, N, D)."""

@@ -65,6 +65,7 @@ class CIFARDataModule(L.LightningDataModule):
     """
 
     metrics = ("accuracy",)
+    inputs = "images"  # what its batches hold; train.py checks that model and data agree
 
     def __init__(
         self,

@@ -31,6 +31,8 @@ class DigitsDataModule(L.LightningDataModule):
     batch size): the splits are small, and minibatch CKA is averaged over these batches.
     """
 
+    inputs = "images"  # what its batches hold; train.py checks that model and data agree
+
     def __init__(
         self,
         batch_size: int = 64,

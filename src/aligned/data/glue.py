@@ -333,6 +333,8 @@ class GlueDataModule(L.LightningDataModule):
     ``task`` (the canonical name) are facts of the task; a different ``num_classes`` is an error.
     """
 
+    inputs = "text"  # what its batches hold; train.py checks that model and data agree
+
     def __init__(
         self,
         task: str,

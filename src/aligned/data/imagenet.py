@@ -117,6 +117,8 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     metrics = ("accuracy",)
 
+    inputs = "images"  # what its batches hold; train.py checks that model and data agree
+
     def __init__(
         self,
         data_dir: str = "./data/imagenet",
