@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from aligned.checkpoints import load_system, read_checkpoint
+from aligned.config import ConfigError
 from aligned.evaluation import evaluation_dataloader
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_pooled import PooledEarlyExit
@@ -151,8 +153,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = [row for ckpt in filter(None, [args.ckpt, args.compare_ckpt])
-            for row in benchmark(ckpt, args)]
+    try:
+        rows = [row for ckpt in filter(None, [args.ckpt, args.compare_ckpt])
+                for row in benchmark(ckpt, args)]
+    except ConfigError as error:  # a missing or foreign checkpoint, a moved data directory
+        sys.exit(f"Error: {error}")
     # Measured speed-up per mode, and its ratio to the predicted L / mean exit layer.
     modes = [(f"bs{b}", f"measured_bs{b}") for b in args.batch_sizes]
     modes += [(f"bs{b} pooled", f"measured_bs{b}_pooled") for b in args.batch_sizes if b > 1]

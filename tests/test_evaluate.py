@@ -173,3 +173,17 @@ def test_the_evaluation_batch_size_override_reaches_digits_val_and_test_batches(
         assert [len(labels) for _, labels in loader][:2] == [50, 50]
     with pytest.raises(ConfigError, match="data.batch_size"):
         evaluation_dataloader(run_config, {"batch_size": 0}, "test")
+    with pytest.raises(ConfigError, match="data.data_dir: this checkpoint.s data .Digits"):
+        evaluation_dataloader(run_config, {"data_dir": "/elsewhere"}, "test")
+
+
+def test_compare_to_needs_the_same_split():
+    digits = "aligned.data.digits.DigitsDataModule"
+    first = model_of(digits, None, 10, 6)
+    other = model_of(digits, None, 10, 6)
+    other.run_config["data"]["split_seed"] = 1  # other test images
+    with pytest.raises(ConfigError, match="splits hold other samples .split_seed 0 vs 1"):
+        check_comparable(first, other)
+    same = model_of(digits, None, 10, 6)
+    same.run_config["data"]["split_seed"] = 0  # the default, written out
+    check_comparable(first, same)

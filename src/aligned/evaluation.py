@@ -3,12 +3,14 @@ and early exit (rules swept on val, operating points reported on test; METHOD.md
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from aligned import plots
@@ -36,7 +38,15 @@ def evaluation_dataloader(run_config: dict, data_overrides: dict, split: str) ->
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'.")
     data_cfg = dict(run_config["data"])
-    data_cfg.update({k: v for k, v in data_overrides.items() if v is not None})
+    overrides = {k: v for k, v in data_overrides.items() if v is not None}
+    settings = data_settings(data_cfg["_target_"])
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ConfigError(
+            f"data.{unknown[0]}: this checkpoint's data ({data_cfg['_target_'].rsplit('.', 1)[-1]}"
+            f") has no such setting; its settings: {', '.join(settings)}."
+        )
+    data_cfg.update(overrides)
     datamodule = build(OmegaConf.create(data_cfg))
     if data_overrides.get("batch_size") is not None and hasattr(datamodule, "eval_batch_size"):
         # Digits keeps its val/test batch size apart from training's; here the user means it.
@@ -121,10 +131,26 @@ def display_names(run_configs: list[dict]) -> list[str]:
     return names
 
 
+# Data settings that choose which samples a split holds (GLUE task, holdout seed and sizes).
+SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "val_size")
+
+
+def data_settings(target: str) -> dict[str, Any]:
+    """The data module's settings and their defaults (from its constructor)."""
+    parameters = inspect.signature(get_class(target)).parameters
+    return {name: p.default for name, p in parameters.items() if name != "self"}
+
+
 def data_of(run_config: dict) -> tuple:
     """What a model was trained and is evaluated on: the data module and, for GLUE, the task."""
     data = run_config["data"]
     return data.get("_target_"), data.get("task")
+
+
+def split_of(run_config: dict) -> dict[str, Any]:
+    data = run_config["data"]
+    defaults = data_settings(data["_target_"])
+    return {key: data.get(key, defaults[key]) for key in SPLIT_KEYS if key in defaults}
 
 
 def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint) -> None:
@@ -138,6 +164,14 @@ def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint) -> None:
             f"({b.backbone.num_classes} classes), '{first.path}' on {data_a[0]} "
             f"{data_a[1] or ''} ({a.backbone.num_classes} classes); compare models of the same "
             "data set."
+        )
+    split_a, split_b = split_of(first.run_config), split_of(second.run_config)
+    if split_a != split_b:
+        differ = ", ".join(f"{k} {split_a[k]} vs {split_b[k]}" for k in split_a
+                           if split_a[k] != split_b[k])
+        raise ConfigError(
+            f"compare_to: the models' {data_a[0].rsplit('.', 1)[-1]} splits hold other samples "
+            f"({differ}); compare models whose data.* split settings match."
         )
     if a.num_layers != b.num_layers:
         raise ConfigError(

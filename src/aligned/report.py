@@ -18,7 +18,8 @@ def write_report(
         "# Layer-wise evaluation",
         "",
         f"Split `{first['split']}`, {first['num_samples']} samples, {first['num_layers']} layers "
-        "(1..L). The model's last-layer classifier (shared head) is applied after every block.",
+        "(1..L). Layer l's logits: the model's last-layer classifier (shared head) applied "
+        "after block l; for a multi-exit model, layer l's own classifier.",
         "",
         "| model | final acc % | mean acc L1..L-1 % | minimal depth | early saturation % "
         "| monotone | corr(COS(l,L), confidence) | Spearman(COS, CKA) |",

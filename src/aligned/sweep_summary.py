@@ -78,9 +78,9 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[Path]]:
     return runs, unfinished
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value: no spread measured)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def layer_column(layer: int, stat: str) -> str:
@@ -124,7 +124,9 @@ def num_layer_columns(rows: list[dict[str, Any]]) -> int:
 
 
 def _pct(mean: float | None, std: float | None) -> str:
-    return "" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+    if mean is None:
+        return ""
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def configuration_label(row: dict[str, Any], shared: set[str]) -> str:
