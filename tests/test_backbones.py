@@ -83,6 +83,17 @@ def test_vit_loads_local_pretrained_weights_and_starts_a_new_classifier(tmp_path
             torch.testing.assert_close(state[name], tensor)
 
 
+def test_pretrained_weights_for_images_their_patches_do_not_tile_are_a_clear_error(tmp_path):
+    # e.g. a patch-16 DeiT on 8x8 digits: checked before loading, not reported as a download
+    # failure from timm's position-embedding resampling.
+    path = tmp_path / "weights.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=10).state_dict(), path)
+    with pytest.raises(ConfigError, match="Patches of 16 pixels do not tile images of 8"):
+        TimmViT("vit_tiny_patch16_224", num_classes=10, checkpoint_path=str(path), img_size=8)
+    assert TimmViT("vit_tiny_patch16_224", num_classes=10, checkpoint_path=str(path),
+                   img_size=32).model.patch_embed.img_size == (32, 32)
+
+
 def test_vit_missing_checkpoint_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint_path"):
         TimmViT("vit_tiny_patch16_224", num_classes=5, checkpoint_path=str(tmp_path / "no.pth"),

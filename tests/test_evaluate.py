@@ -151,8 +151,8 @@ def model_of(target: str, task: str | None, classes: int, layers: int) -> Loaded
 def test_compare_to_needs_the_same_data_and_depth(other, message):
     first = model_of("aligned.data.glue.GlueDataModule", "qnli", 2, 6)
     with pytest.raises(ConfigError, match=message):
-        check_comparable(first, model_of(*other))
-    check_comparable(first, first)  # the same data and depth: fine
+        check_comparable(first, model_of(*other), "test")
+    check_comparable(first, first, "test")  # the same data and depth: fine
 
 
 def test_a_model_override_the_checkpoint_has_no_key_for_is_a_clear_error(checkpoints, tmp_path):
@@ -178,12 +178,19 @@ def test_the_evaluation_batch_size_override_reaches_digits_val_and_test_batches(
 
 
 def test_compare_to_needs_the_same_split():
-    digits = "aligned.data.digits.DigitsDataModule"
-    first = model_of(digits, None, 10, 6)
-    other = model_of(digits, None, 10, 6)
-    other.run_config["data"]["split_seed"] = 1  # other test images
-    with pytest.raises(ConfigError, match="splits hold other samples .split_seed 0 vs 1"):
-        check_comparable(first, other)
+    digits, cifar = "aligned.data.digits.DigitsDataModule", "aligned.data.cifar.CIFARDataModule"
+    first, other = model_of(digits, None, 10, 6), model_of(digits, None, 10, 6)
+    other.run_config["data"]["split_seed"] = 1  # other val and test images
+    for split in ("val", "test"):
+        with pytest.raises(ConfigError, match="test splits hold other samples .split_seed 0 vs 1"
+                           .replace("test", split)):
+            check_comparable(first, other, split)
     same = model_of(digits, None, 10, 6)
     same.run_config["data"]["split_seed"] = 0  # the default, written out
-    check_comparable(first, same)
+    check_comparable(first, same, "test")
+    # CIFAR's test split is the official test set whatever the holdout seed; its val is not.
+    first, other = model_of(cifar, None, 10, 6), model_of(cifar, None, 10, 6)
+    other.run_config["data"]["split_seed"] = 1
+    check_comparable(first, other, "test")
+    with pytest.raises(ConfigError, match="val splits hold other samples"):
+        check_comparable(first, other, "val")

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from conftest import ROOT, TINY
 
+from aligned.callbacks import TrainingTime
+
 # Every training batch, small: each epoch takes long enough (~1-2 s) to kill the run mid-way.
 RESUMABLE = [
     *(o for o in TINY
@@ -61,7 +63,6 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
     assert 1 <= completed_epoch(last) < 3
 
-    killed_at = completed_epoch(last)
     trained_before = torch.load(last, weights_only=False)["callbacks"]["TrainingTime"]["seconds"]
     # The run directory moves before the resume (another disk, a copy to a cluster): the stored
     # checkpoint paths must follow it.
@@ -80,8 +81,11 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1  # the old best replaced
     assert again["train_time_s"] > trained_before  # counts the epochs before the kill too
     with open(run_dir / "csv" / "metrics.csv") as file:  # the whole run's history, once each
-        epochs = [int(row["epoch"]) for row in csv.DictReader(file) if row.get("val/acc")]
-    assert epochs[: killed_at + 2] == list(range(killed_at + 2))
+        rows = list(csv.DictReader(file))
+    validated = [int(row["epoch"]) for row in rows if row.get("val/acc")]
+    assert validated[:4] == [0, 1, 2, 3]  # then the best checkpoint's final validation
+    steps = [int(row["step"]) for row in rows if row.get("train/loss")]
+    assert steps and len(steps) == len(set(steps))  # a killed partial epoch's rows not repeated
     assert set(again) == set(full) and again["num_layers"] == full["num_layers"]
     # Deterministic mode, shuffle order from (seed, epoch), RNGs reseeded per epoch: the resumed
     # run trains on the same batches with the same draws, so the results are identical.
@@ -132,4 +136,25 @@ def test_resume_with_other_settings_a_stray_checkpoint_or_no_run_is_a_clear_erro
             cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and expected in done.stderr, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
-    assert not (tmp_path / "checkpoints").exists()  # nothing written next to the stray file
+    assert not (tmp_path.parent / "checkpoints").exists()  # nothing run from the stray's dir
+
+    # A checkpoint written before TrainingTime and data.eval_batch_size existed still resumes,
+    # and keeps its best epoch: the callbacks store their state under ModelCheckpoint's key.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    old = torch.load(last, weights_only=False)
+    assert sum(key.startswith("ModelCheckpoint{") for key in old["callbacks"]) == 2
+    del old["callbacks"]["TrainingTime"], old["run_config"]["data"]["eval_batch_size"]
+    torch.save(old, last)
+    done = subprocess.run(
+        train_py(*TINY, "trainer.max_epochs=2", f"resume={run_dir}", f"hydra.run.dir={tmp_path}/a"),
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "learning-rate schedule" in done.stdout + done.stderr  # max_epochs changed: warned
+    assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1
+
+
+def test_training_time_adds_the_time_before_the_resume():
+    timer = TrainingTime()
+    timer.load_state_dict({"seconds": 100.0})  # restored from the checkpoint
+    timer.on_fit_start(None, None)
+    assert 100 <= timer.seconds < 101 and timer.state_dict()["seconds"] >= 100

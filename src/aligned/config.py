@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 
@@ -34,6 +35,18 @@ def number(key: str, value: Any, low: float, high: float, high_open: bool = Fals
         bracket = ")" if high_open else "]"
         raise ConfigError(f"{key} must be a number in [{low:g}, {high:g}{bracket}, got {value!r}.")
     return float(value)
+
+
+def with_defaults(section: dict) -> dict:
+    """A ``_target_`` config section with the target's constructor defaults filled in for the
+    keys it leaves out (an older config may lack a key added since, or a default written out)."""
+    try:
+        parameters = inspect.signature(get_class(section["_target_"])).parameters.values()
+    except Exception:  # noqa: BLE001  (no or unknown target: compare it as written)
+        return section
+    defaults = {p.name: p.default for p in parameters
+                if p.default is not inspect.Parameter.empty and p.name != "self"}
+    return {**defaults, **section}
 
 
 def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:

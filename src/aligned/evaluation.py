@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aligned import plots
 from aligned.checkpoints import load_system, read_checkpoint
-from aligned.config import ConfigError, build, number, positive_int
+from aligned.config import ConfigError, build, number, positive_int, with_defaults
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_rules import make_rule
 from aligned.exit_sweep import early_exit_summary, matched_comparison, operating_point, simulate
@@ -131,14 +131,9 @@ def display_names(run_configs: list[dict]) -> list[str]:
     return names
 
 
-# Data settings that choose which samples a split holds (GLUE task, holdout seed and sizes).
-SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "val_size")
-
-
-def data_settings(target: str) -> dict[str, Any]:
-    """The data module's settings and their defaults (from its constructor)."""
-    parameters = inspect.signature(get_class(target)).parameters
-    return {name: p.default for name, p in parameters.items() if name != "self"}
+def data_settings(target: str) -> list[str]:
+    """The settings the data module takes (its constructor's parameters)."""
+    return [name for name in inspect.signature(get_class(target)).parameters if name != "self"]
 
 
 def data_of(run_config: dict) -> tuple:
@@ -147,13 +142,15 @@ def data_of(run_config: dict) -> tuple:
     return data.get("_target_"), data.get("task")
 
 
-def split_of(run_config: dict) -> dict[str, Any]:
-    data = run_config["data"]
-    defaults = data_settings(data["_target_"])
-    return {key: data.get(key, defaults[key]) for key in SPLIT_KEYS if key in defaults}
+def split_of(run_config: dict, split: str) -> dict[str, Any]:
+    """The data settings that choose the samples of ``split`` (e.g. digits: the split seed and
+    fractions; CIFAR test: none, it is the official test set), defaults filled in."""
+    data = with_defaults(run_config["data"])
+    keys = getattr(get_class(data["_target_"]), "split_settings", {}).get(split, ())
+    return {key: data.get(key) for key in keys}
 
 
-def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint) -> None:
+def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint, split: str) -> None:
     """compare_to draws both models on the same figures and compares them sample by sample at
     matched depth: they must share the data (so the same split) and the number of layers."""
     a, b = first.system, second.system
@@ -165,13 +162,13 @@ def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint) -> None:
             f"{data_a[1] or ''} ({a.backbone.num_classes} classes); compare models of the same "
             "data set."
         )
-    split_a, split_b = split_of(first.run_config), split_of(second.run_config)
+    split_a, split_b = split_of(first.run_config, split), split_of(second.run_config, split)
     if split_a != split_b:
         differ = ", ".join(f"{k} {split_a[k]} vs {split_b[k]}" for k in split_a
                            if split_a[k] != split_b[k])
         raise ConfigError(
-            f"compare_to: the models' {data_a[0].rsplit('.', 1)[-1]} splits hold other samples "
-            f"({differ}); compare models whose data.* split settings match."
+            f"compare_to: the models' {split} splits hold other samples ({differ}); compare "
+            "models whose data.* split settings match."
         )
     if a.num_layers != b.num_layers:
         raise ConfigError(
@@ -215,7 +212,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loaded = [load_for_evaluation(paths[0], cfg)]
     if len(paths) > 1:
         loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0].model_path))
-        check_comparable(*loaded)
+        # The figures are on cfg.split; the matched early-exit comparison is on test.
+        early_exit = (cfg.get("early_exit") or {}).get("enabled", True)
+        for split in {cfg.split, "test"} if early_exit else {cfg.split}:
+            check_comparable(*loaded, split)
     analysed = [analyse_checkpoint(checkpoint, cfg) for checkpoint in loaded]
     labels = display_names([run_config for _, _, run_config in analysed])
     summaries = {label: summary for label, (summary, _, _) in zip(labels, analysed, strict=True)}

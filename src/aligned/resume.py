@@ -4,22 +4,28 @@ fit it, checkpoint paths that survive a moved directory, and the CSV history kep
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from aligned.config import ConfigError
+from aligned.checkpoints import read_checkpoint
+from aligned.config import ConfigError, with_defaults
+
+log = logging.getLogger(__name__)
 
 # Settings that say what is trained; a resumed run must keep them.
 TRAINED_SECTIONS = ("model", "data", "loss", "optim", "seed")
-# Keys within them that only say where things are or how they are loaded.
-LOCATION_KEYS = {"data_dir", "num_workers", "pin_memory", "persistent_workers",
-                 "checkpoint_path", "name_or_path", "tokenizer", "pretrained"}
+# Keys within them that only say where things are, how they are loaded or how val/test batch.
+IGNORED_KEYS = {"data_dir", "num_workers", "pin_memory", "persistent_workers",
+                "checkpoint_path", "name_or_path", "tokenizer", "pretrained", "eval_batch_size"}
+# Trainer settings that change the total step count the LR schedule is laid over.
+SCHEDULE_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches",
+                 "devices", "num_nodes")
 
 
 def resume_checkpoint(resume: str | None) -> Path | None:
@@ -27,7 +33,8 @@ def resume_checkpoint(resume: str | None) -> Path | None:
     run's ``checkpoints/`` folder (the run continues in that run's directory)."""
     if not resume:
         return None
-    path = Path(resume).expanduser().resolve()
+    # Absolute but not resolved: a symlinked checkpoints/ folder still belongs to this run.
+    path = Path(os.path.abspath(Path(resume).expanduser()))
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
@@ -52,18 +59,16 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
     """The resumed checkpoint (loaded on CPU), after checking that ``cfg`` trains what it
     trained: the same model, data, loss, optimiser and seed (trainer settings, e.g. more
     epochs, and paths may change)."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
-    stored = checkpoint.get("run_config")
-    if stored is None:
-        raise ConfigError(f"Cannot resume from '{checkpoint_path}': it has no run config (not "
-                          "written by aligned's train.py).")
+    checkpoint = read_checkpoint(checkpoint_path)
+    stored = checkpoint["run_config"]
     current = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, [k for k in TRAINED_SECTIONS if k in cfg]), resolve=True)
-    before = flatten({k: stored.get(k) for k in TRAINED_SECTIONS})
-    now = flatten({k: current.get(k) for k in TRAINED_SECTIONS})
+        OmegaConf.masked_copy(cfg, [k for k in (*TRAINED_SECTIONS, "trainer") if k in cfg]),
+        resolve=True)
+    before = flatten({k: filled(stored.get(k)) for k in TRAINED_SECTIONS})
+    now = flatten({k: filled(current.get(k)) for k in TRAINED_SECTIONS})
     changed = sorted(key for key in before.keys() | now.keys()
                      if before.get(key) != now.get(key)
-                     and key.rsplit(".", 1)[-1] not in LOCATION_KEYS)
+                     and key.rsplit(".", 1)[-1] not in IGNORED_KEYS)
     if changed:
         shown = "; ".join(f"{key}: {before.get(key)!r} in the run, {now.get(key)!r} now"
                           for key in changed[:6])
@@ -73,7 +78,20 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
             "(its .hydra/overrides.yaml) with resume=; only trainer settings such as "
             "trainer.max_epochs and paths may change."
         )
+    trainer_before, trainer_now = stored.get("trainer") or {}, current.get("trainer") or {}
+    rescheduled = [key for key in SCHEDULE_KEYS if trainer_before.get(key) != trainer_now.get(key)]
+    if rescheduled:
+        log.warning(
+            "Resuming with other %s: the learning-rate schedule (warm-up, decay) is laid over the "
+            "new total step count from the restored step on, so the resumed run follows neither "
+            "the original schedule nor that of a fresh run with these settings.",
+            ", ".join(f"trainer.{key}" for key in rescheduled))
     return checkpoint
+
+
+def filled(section: Any) -> Any:
+    return with_defaults(section) if isinstance(section, dict) and "_target_" in section \
+        else section
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -95,7 +113,7 @@ class RelocatableCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
-        if old and self.dirpath and os.path.realpath(old) != os.path.realpath(self.dirpath):
+        if old and self.dirpath and old != self.dirpath:  # Lightning compares the strings too
             def moved(path: str) -> str:
                 return os.path.join(self.dirpath, os.path.relpath(path, old)) if path else path
 
@@ -110,13 +128,18 @@ class RelocatableCheckpoint(ModelCheckpoint):
             }
         super().load_state_dict(state_dict)
 
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key: checkpoints written with it (older runs) restore into this.
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
 
 @rank_zero_only
-def keep_csv_history(logger: Any, resumed_epoch: int) -> None:
+def keep_csv_history(logger: Any, resumed_epoch: int, resumed_step: int) -> None:
     """A CSVLogger deletes the run's metrics.csv when it starts; on resume, write back the rows
-    of the epochs the checkpoint holds (up to ``resumed_epoch``), so the file keeps the whole
-    run. Rows logged after that checkpoint (a partial epoch before the kill) are dropped: those
-    steps run again."""
+    of the epochs the checkpoint holds (up to ``resumed_epoch``; rows without an epoch: before
+    ``resumed_step``), so the file keeps the whole run. Rows logged after that checkpoint (a
+    partial epoch before the kill) are dropped: those steps run again."""
     if type(logger).__name__ != "CSVLogger":
         return
     path = Path(logger.log_dir) / "metrics.csv"
@@ -126,7 +149,8 @@ def keep_csv_history(logger: Any, resumed_epoch: int) -> None:
         reader = csv.DictReader(file)
         keys = list(reader.fieldnames or [])
         rows = [row for row in reader
-                if row.get("epoch") and int(float(row["epoch"])) <= resumed_epoch]
+                if (int(float(row["epoch"])) <= resumed_epoch if row.get("epoch")
+                    else row.get("step") and int(float(row["step"])) < resumed_step)]
     writer = logger.experiment  # creating it deletes the old file
     writer.metrics_keys = keys
     with path.open("w", newline="") as file:

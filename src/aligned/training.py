@@ -38,6 +38,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint and writes into the resumed run's directory.
     """
     check_input_kinds(cfg)
+    check_evaluation_batches(cfg)
     resume_from = resume_checkpoint(cfg.get("resume"))
     resumed = check_same_settings(cfg, resume_from) if resume_from else None
     run_dir = run_dir_of(resume_from) if resume_from else Path(cfg.run_dir).resolve()
@@ -65,8 +66,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         monitor=headline_key("val", metrics[0]),
         mode="max",
     )
-    latest = RelocatableCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
+    latest = RelocatableCheckpoint(  # every epoch, validated or not (check_val_every_n_epoch)
+        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False,
+        save_on_train_epoch_end=True,
     )
     logger = build(cfg.logger) if cfg.get("logger") else False
     timer = TrainingTime()
@@ -85,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ) from None
     if logger:
         if resumed is not None:
-            keep_csv_history(logger, resumed["epoch"])
+            keep_csv_history(logger, resumed["epoch"], resumed["global_step"])
         logger.log_hyperparams({"objective_extra_parameters": extra})
     del resumed  # the weights load again in fit(); don't hold a second copy
 
@@ -162,6 +164,9 @@ def check_input_kinds(cfg: DictConfig) -> None:
             f"{kinds['data']}: pair a text model (bert, minilm) with data=glue, and an image "
             "model (vit, vit_s, vit_b, deit_s, deit_b) with digits, cifar10, cifar100 or imagenet."
         )
+
+
+def check_evaluation_batches(cfg: DictConfig) -> None:
     for split in ("val", "test"):
         if cfg.trainer.get(f"limit_{split}_batches") == 0:
             raise ConfigError(

@@ -48,11 +48,14 @@ class TimmViT(LayerwiseBackbone):
         if checkpoint_path is not None:
             timm_kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
             pretrained = True
+        settings = dict(num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
         try:
-            self.model = timm.create_model(
-                name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
-                **timm_kwargs,
-            )
+            if pretrained:
+                # Check the tiling before loading weights: otherwise timm fails resampling the
+                # position embedding, in an error that reads like a failed download.
+                with torch.device("meta"):
+                    check_patches(timm.create_model(name, pretrained=False, **settings))
+            self.model = timm.create_model(name, pretrained=pretrained, **settings)
         except (AssertionError, TypeError) as error:  # timm's checks of its arguments
             raise ConfigError(
                 f"timm cannot build '{name}' with these model settings: {error}."
@@ -70,27 +73,13 @@ class TimmViT(LayerwiseBackbone):
                 f"timm model '{name}' is a {type(self.model).__name__}; the layer-wise surface "
                 "supports timm VisionTransformer models (ViT, DeiT without distillation token)."
             )
-        self.check_patches()
+        check_patches(self.model)
         self.num_layers = len(self.model.blocks)
         if self.num_layers < 1:
             raise ConfigError(f"timm model '{name}' has no blocks; set model.depth >= 1.")
         self.feature_dim = self.model.num_features
         self.num_classes = num_classes
         self.in_chans = in_chans
-
-    def check_patches(self) -> None:
-        """Patches must tile the image: timm would drop the border pixels, or fail inside the
-        first batch for a patch larger than the image."""
-        embed = self.model.patch_embed
-        if embed.img_size is None or getattr(embed, "dynamic_img_size", False):
-            return
-        if any(size % patch for size, patch in zip(embed.img_size, embed.patch_size, strict=True)):
-            raise ConfigError(
-                f"Patches of {embed.patch_size[0]} pixels do not tile images of "
-                f"{embed.img_size[0]} (model.img_size, from data.image_size): use a patch size "
-                "that divides the image size (model.patch_size), or resize the images "
-                "(data.image_size)."
-            )
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch + position embedding: the tokens block 1 reads, (B, N, D)."""
@@ -137,3 +126,18 @@ class TimmViT(LayerwiseBackbone):
 
     def head_parameters(self) -> int:
         return sum(p.numel() for p in self.model.head.parameters())
+
+
+def check_patches(model: VisionTransformer) -> None:
+    """Patches must tile the image: timm would drop the border pixels, or fail inside the first
+    batch for a patch larger than the image."""
+    embed = model.patch_embed
+    flexible = getattr(embed, "dynamic_img_size", False) or getattr(embed, "dynamic_img_pad", False)
+    if embed.img_size is None or flexible:
+        return
+    if any(size % patch for size, patch in zip(embed.img_size, embed.patch_size, strict=True)):
+        raise ConfigError(
+            f"Patches of {embed.patch_size[0]} pixels do not tile images of {embed.img_size[0]} "
+            "(model.img_size, from data.image_size): resize the images (data.image_size) to a "
+            "multiple of the patch size, or pick a patch size that divides it (model.patch_size)."
+        )

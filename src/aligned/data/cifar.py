@@ -66,6 +66,8 @@ class CIFARDataModule(L.LightningDataModule):
 
     metrics = ("accuracy",)
     inputs = "images"  # what its batches hold; train.py checks that model and data agree
+    # The settings that choose each split's samples (test: the official test set).
+    split_settings = {"val": ("split_seed", "val_size"), "test": ()}
 
     def __init__(
         self,

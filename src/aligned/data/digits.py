@@ -32,6 +32,9 @@ class DigitsDataModule(L.LightningDataModule):
     """
 
     inputs = "images"  # what its batches hold; train.py checks that model and data agree
+    # The settings that choose each split's samples (evaluate.py compare_to checks them).
+    split_settings = {"val": ("split_seed", "val_fraction", "test_fraction"),
+                      "test": ("split_seed", "test_fraction")}
 
     def __init__(
         self,

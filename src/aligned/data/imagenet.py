@@ -118,6 +118,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     metrics = ("accuracy",)
 
     inputs = "images"  # what its batches hold; train.py checks that model and data agree
+    # The settings that choose each split's samples (test: the val/ folder).
+    split_settings = {"val": ("split_seed", "val_fraction"), "test": ()}
 
     def __init__(
         self,
