@@ -34,7 +34,7 @@ import torch
 
 from aligned.checkpoints import load_system, read_checkpoint
 from aligned.config import ConfigError
-from aligned.evaluation import evaluation_dataloader
+from aligned.evaluation import data_of, evaluation_dataloader
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_pooled import PooledEarlyExit
 from aligned.exit_rules import make_rule
@@ -92,8 +92,7 @@ def time_rounds(runs: dict[str, Callable[[], None]], rounds: int,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def benchmark(ckpt: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    checkpoint = read_checkpoint(ckpt)
+def benchmark(checkpoint: dict, name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     system = load_system(checkpoint)
     overrides = {"data_dir": args.data_dir}
     loaders = {split: evaluation_dataloader(checkpoint["run_config"], overrides, split)
@@ -102,7 +101,6 @@ def benchmark(ckpt: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                for split, loader in loaders.items()}
     summary = early_exit_summary(signals["val"], signals["test"], args.max_drop)
     num_layers = summary["num_layers"]
-    name = checkpoint["run_config"].get("names", {}).get("loss", "model")
     rules = {rule: make_rule(rule, entry["chosen"]["threshold"])
              for rule, entry in summary["rules"].items() if entry["chosen"] is not None}
     rows = [{"model": name, "rule": rule, **summary["rules"][rule]["chosen"]} for rule in rules]
@@ -154,8 +152,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     try:
-        rows = [row for ckpt in filter(None, [args.ckpt, args.compare_ckpt])
-                for row in benchmark(ckpt, args)]
+        checkpoints = [read_checkpoint(path) for path in filter(None, [args.ckpt,
+                                                                        args.compare_ckpt])]
+        names = [c["run_config"].get("names", {}).get("loss", "model") for c in checkpoints]
+        if len(checkpoints) == 2:
+            if data_of(checkpoints[0]["run_config"]) != data_of(checkpoints[1]["run_config"]):
+                raise ConfigError("--compare-ckpt: the two models were trained on other data; "
+                                  "compare models of the same data set.")
+            if names[0] == names[1]:
+                names = [f"{names[0]} (A)", f"{names[1]} (B)"]
+        rows = [row for checkpoint, name in zip(checkpoints, names, strict=True)
+                for row in benchmark(checkpoint, name, args)]
+        del checkpoints
     except ConfigError as error:  # a missing or foreign checkpoint, a moved data directory
         sys.exit(f"Error: {error}")
     # Measured speed-up per mode, and its ratio to the predicted L / mean exit layer.
@@ -173,10 +181,13 @@ def main() -> None:
                  f"{row['speedup']:.2f}x"]
         cells += [f"{row[key]:.2f}x ({row[key] / row['speedup']:.2f})" for _, key in modes]
         print("| " + " | ".join(cells) + " |")
-    print("\nfull forward per pass over the test set: " + ", ".join(
-        f"bs{b} {rows[0][f'full_ms_bs{b}']:.0f} ms" for b in args.batch_sizes)
-        + f"; {torch.get_num_threads()}"
-        " torch threads")
+    per_model: dict[str, dict] = {}
+    for row in rows:
+        per_model.setdefault(row["model"], row)
+    print("\nfull forward per pass over the test set: " + "; ".join(
+        f"{model} " + ", ".join(f"bs{b} {row[f'full_ms_bs{b}']:.0f} ms" for b in args.batch_sizes)
+        for model, row in per_model.items())
+        + f"; {torch.get_num_threads()} torch threads")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,18 @@ def test_bert_loads_saved_weights(tmp_path):
         torch.testing.assert_close(backbone.model.state_dict()[name], tensor)
 
 
+def test_bert_saved_with_another_label_count_gets_a_new_classifier(tmp_path):
+    # e.g. an MNLI model (3 labels) fine-tuned on RTE (2): the encoder loads, the classifier
+    # starts anew (HF's ignore_mismatched_sizes), as a timm model's head does.
+    path = tiny_bert_dir(tmp_path, num_labels=3)
+    reference = BertForSequenceClassification.from_pretrained(path).state_dict()
+    state = HFEncoder(path, num_classes=2).model.state_dict()
+    assert state["classifier.weight"].shape == (2, 16)
+    for name, tensor in reference.items():
+        if not name.startswith("classifier."):
+            torch.testing.assert_close(state[name], tensor)
+
+
 def test_bert_mean_pooling_is_masked_mean_then_pooler(tmp_path):
     backbone = HFEncoder(tiny_bert_dir(tmp_path), num_classes=3, pooling="mean").eval()
     batch = token_batch()

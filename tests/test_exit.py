@@ -12,7 +12,9 @@ import torch
 from test_backbones import tiny_bert_dir
 
 from aligned.backbones.base import LayerwiseBackbone
+from aligned.config import ConfigError
 from aligned.exit import EarlyExitClassifier
+from aligned.exit_pooled import PooledEarlyExit
 from aligned.exit_rules import (
     RULES,
     BudgetRule,
@@ -112,9 +114,18 @@ def test_split_rows_gives_leaving_and_staying_indices_in_batch_order():
     assert out.tolist() == [1, 3, 4] and stay.tolist() == [0, 2, 5]
 
 
-def test_unknown_rule_is_a_clear_error():
-    with pytest.raises(Exception, match="Unknown exit rule 'gate'"):
-        make_rule("gate", 0.5)
+@pytest.mark.parametrize("name, threshold, message", [
+    ("gate", 0.5, "Unknown exit rule 'gate'"),
+    ("confidence", 5, "confidence rule's threshold must be a number in .0, 1."),  # never exits
+    ("entropy", -0.1, "entropy rule's threshold must be a number in .0, inf"),
+    ("state", "high", "state rule's threshold must be a number in .-1, 1."),
+    ("patience", 1.5, "patience rule's threshold is a number of layers"),
+    ("budget", 0, "budget rule's threshold must be a number in .1, inf"),
+])
+def test_unknown_rule_or_meaningless_threshold_is_a_clear_error(name, threshold, message):
+    with pytest.raises(ConfigError, match=message):
+        make_rule(name, threshold)
+    assert make_rule("patience", 2).threshold == 2.0  # whole numbers given as ints are fine
 
 
 # ----------------------------------------------------------------------------- operating point
@@ -468,3 +479,20 @@ def test_parameter_summary_counts_what_multiexit_adds():
     summary = parameter_summary(system.backbone)
     assert summary["per_layer_heads_extra"] == system.objective.extra_parameters()
     assert summary["model"] == sum(p.numel() for p in system.backbone.parameters())
+
+
+def test_early_exit_on_a_regression_model_is_a_clear_error():
+    # STS-B checkpoints have one output: no class probabilities for the rules to read, and
+    # "predictions" of class 0 for every sample would be meaningless.
+    torch.manual_seed(0)
+    model = {"_target_": "aligned.backbones.timm_vit.TimmViT", "name": "vit_tiny_patch16_224",
+             "num_classes": 1, "img_size": 8, "in_chans": 1, "patch_size": 4, "embed_dim": 16,
+             "depth": 2, "num_heads": 2}
+    system = LayerwiseClassifier(model, {"_target_": LOSSES["aligned"]}, metrics=("pearson",))
+    rule = make_rule("confidence", 0.9)
+    batches = [(torch.randn(4, 1, 8, 8), torch.randn(4))]
+    for start in (lambda: EarlyExitClassifier(system, rule),
+                  lambda: PooledEarlyExit(system, rule, pool_size=4),
+                  lambda: collect_exit_signals(system, batches, progress=False)):
+        with pytest.raises(ConfigError, match="this checkpoint is a regression model"):
+            start()

@@ -483,3 +483,16 @@ def test_real_config_with_the_bundled_minilm_tokenizer_encodes_pairs(glue_dir, t
     )
     assert (batch["token_type_ids"][0] == 1).sum() == len(tokenizer.tokenize(
         "A man wearing a hard hat is dancing.")) + 1
+
+
+@pytest.mark.parametrize("task, text, message", [
+    # A CoLA copy with a header line: no row has CoLA's four fields.
+    ("CoLA", "sentence\tlabel\nThe book fell.\t1\n", "tab-separated fields .'source', 'label'"),
+    ("SST-2", "sentence\tlabel\n", "a header naming .'sentence', 'label'."),  # a header alone
+])
+def test_a_file_without_usable_rows_is_a_clear_error(tmp_path, task, text, message):
+    path = tmp_path / "train.tsv"
+    path.write_text(text, encoding="utf-8")
+    expected = f"holds no usable {task} rows; GLUE's layout is {message}"
+    with pytest.raises(ConfigError, match=expected):
+        glue.read_tsv(path, find_task(task))

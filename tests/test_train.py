@@ -120,6 +120,7 @@ def test_train_py_end_to_end(tmp_path):
         ("optim.lr=abc", "optim.lr must be a positive number, got 'abc'"),
         ("model.depth=0", "has no blocks; set model.depth >= 1"),
         ("model.patch_size=3", "Patches of 3 pixels do not tile images of 8"),
+        ("+data.foo=1", "DigitsDataModule has no setting 'foo' (its settings: batch_size"),
         ("model.embed_dim=33", "dim should be divisible by num_heads"),
         ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0 leaves no val batches"),
         ("+trainer.val_check_interval=-1", "Invalid trainer settings: You have passed invalid"),

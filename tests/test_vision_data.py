@@ -385,6 +385,20 @@ def test_image_folder_uses_timms_transforms_for_the_model(tmp_path):
     assert train_steps[0] == "RandomResizedCropAndInterpolation"
 
 
+def test_an_unreadable_image_is_named_in_one_line(tmp_path):
+    root = write_image_tree(tmp_path)
+    broken = root / "val" / "dog" / "broken.png"
+    broken.write_text("not an image")
+    module = image_folder(root)
+    with pytest.raises(ConfigError, match=f"{broken} is not a readable image"):
+        list(module.loader("test"))
+
+
+def test_a_holdout_of_no_image_names_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="got 0. Change data.val_fraction .now 0.01."):
+        image_folder(write_image_tree(tmp_path), val_fraction=0.01)
+
+
 def test_class_count_must_match_the_folders(tmp_path):
     with pytest.raises(ConfigError, match="has 3 class folders but data.num_classes=1000; "
                                           "set data.num_classes=3"):

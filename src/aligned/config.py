@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import re
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -65,4 +66,25 @@ def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs:
             cause = cause.__cause__ or cause.__context__  # OmegaConf may chain implicitly
         if isinstance(cause, (ConfigError, *surface)):
             raise cause from None
+        unknown = unknown_setting(node, cause)
+        if unknown:
+            raise ConfigError(unknown) from None
         raise
+
+
+def unknown_setting(node: Any, error: BaseException | None) -> str | None:
+    """The message for a key the target does not take (e.g. ``+loss.alternating=true`` with
+    ``loss=multiexit``), or None when ``error`` is something else."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if not isinstance(error, TypeError) or not found or not target:
+        return None
+    try:
+        accepted = list(inspect.signature(get_class(target)).parameters)
+    except Exception:  # noqa: BLE001
+        return None
+    if found.group(1) in accepted:  # raised deeper down, not by the target's own signature
+        return None
+    return (f"{target.rsplit('.', 1)[-1]} has no setting '{found.group(1)}' (its settings: "
+            f"{', '.join(a for a in accepted if a != 'self')}); remove that override or fix its "
+            "spelling.")

@@ -28,7 +28,7 @@ from aligned.layerwise_pass import (
 )
 from aligned.parameter_count import parameter_summary
 from aligned.report import write_report
-from aligned.system import LayerwiseClassifier
+from aligned.system import LayerwiseClassifier, require_classifier
 
 SPLITS = ("val", "test")
 
@@ -71,10 +71,7 @@ def analyse_checkpoint(
     loaded: LoadedCheckpoint, cfg: DictConfig, keep_logits: bool = True
 ) -> tuple[dict[str, Any], LayerwiseOutputs, dict]:
     system, run_config, data_overrides = loaded.system, loaded.run_config, loaded.data_overrides
-    if system.backbone.num_classes == 1:
-        raise ConfigError(
-            "evaluate.py analyses classifiers; this checkpoint is a regression model."
-        )
+    require_classifier(system, "evaluate.py's layer-wise analysis")
     loader = evaluation_dataloader(run_config, data_overrides, cfg.split)
     outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits)
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)

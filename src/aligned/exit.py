@@ -26,7 +26,7 @@ from aligned.backbones.base import BlockState
 from aligned.checkpoints import load_system, read_checkpoint
 from aligned.exit_rules import ExitResult, ExitRule, LayerSignals, exit_layer_by_layer, make_rule
 from aligned.similarity import sample_cosine
-from aligned.system import LayerwiseClassifier, unpack
+from aligned.system import LayerwiseClassifier, require_classifier, unpack
 
 
 def batch_size_of(inputs: Any) -> int:
@@ -43,6 +43,7 @@ class EarlyExitClassifier:
     """
 
     def __init__(self, system: LayerwiseClassifier, rule: ExitRule) -> None:
+        require_classifier(system, "Early exit")
         self.system = system.eval()
         self.rule = rule
 

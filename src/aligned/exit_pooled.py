@@ -33,7 +33,7 @@ from aligned.exit_rules import (
     layer_exits,
     split_rows,
 )
-from aligned.system import LayerwiseClassifier
+from aligned.system import LayerwiseClassifier, require_classifier
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Pending:
 
 class PooledEarlyExit:
     def __init__(self, system: LayerwiseClassifier, rule: ExitRule, pool_size: int) -> None:
+        require_classifier(system, "Early exit")
         self.pool_size = positive_int("pool_size", pool_size)
         self.system, self.rule = system.eval(), rule
         self.num_layers = system.backbone.num_layers

@@ -27,7 +27,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from aligned.config import ConfigError
+from aligned.config import ConfigError, number
 
 State = dict[str, torch.Tensor]  # per-sample tensors, one row per surviving sample
 
@@ -80,6 +80,8 @@ class ExitRule:
     """One threshold; ``exits`` decides after ``layer`` which samples leave."""
 
     name: ClassVar[str]
+    bounds: ClassVar[tuple[float, float]]  # the thresholds that mean something
+    whole: ClassVar[bool] = False
     reads_cosine: ClassVar[bool] = False
     threshold: float
 
@@ -114,6 +116,7 @@ _UNIT_GRID = sorted({*np.round(np.linspace(0, 1, 51), 4).tolist(),
 class ConfidenceRule(ExitRule):
     threshold: float
     name: ClassVar[str] = "confidence"
+    bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)  # a probability
 
     def exits(self, layer, signals, state):
         return _probabilities(signals.logits).amax(-1) >= self.threshold, state
@@ -127,6 +130,7 @@ class ConfidenceRule(ExitRule):
 class EntropyRule(ExitRule):
     threshold: float
     name: ClassVar[str] = "entropy"
+    bounds: ClassVar[tuple[float, float]] = (0.0, math.inf)  # nats
 
     def exits(self, layer, signals, state):
         p = _probabilities(signals.logits)
@@ -146,6 +150,8 @@ class PatienceRule(ExitRule):
 
     threshold: float
     name: ClassVar[str] = "patience"
+    bounds: ClassVar[tuple[float, float]] = (1.0, math.inf)
+    whole: ClassVar[bool] = True  # a number of layers
 
     def initial_state(self, batch_size, device):
         # The count is kept in float, so comparing it with the float threshold converts nothing.
@@ -169,6 +175,7 @@ class StateRule(ExitRule):
 
     threshold: float
     name: ClassVar[str] = "state"
+    bounds: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # a cosine
     reads_cosine: ClassVar[bool] = True
 
     def exits(self, layer, signals, state):
@@ -185,6 +192,8 @@ class BudgetRule(ExitRule):
 
     threshold: float
     name: ClassVar[str] = "budget"
+    bounds: ClassVar[tuple[float, float]] = (1.0, math.inf)
+    whole: ClassVar[bool] = True  # a depth
 
     def first_read_layer(self):
         if not self.threshold > 1:  # also NaN, which never exits: everyone leaves at L
@@ -208,7 +217,11 @@ RULES: dict[str, type[ExitRule]] = {
 def make_rule(name: str, threshold: float) -> ExitRule:
     if name not in RULES:
         raise ConfigError(f"Unknown exit rule '{name}'; use one of {', '.join(RULES)}.")
-    return RULES[name](float(threshold))
+    rule = RULES[name]
+    value = number(f"The {name} rule's threshold", threshold, *rule.bounds)
+    if rule.whole and value != int(value):
+        raise ConfigError(f"The {name} rule's threshold is a number of layers, got {threshold}.")
+    return rule(value)
 
 
 def first_read(rule: ExitRule, num_layers: int) -> int:

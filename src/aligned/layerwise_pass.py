@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from aligned import analysis
 from aligned.config import ConfigError
 from aligned.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA, sample_cosine
-from aligned.system import LayerwiseClassifier, unpack
+from aligned.system import LayerwiseClassifier, require_classifier, unpack
 
 
 @dataclass
@@ -144,6 +144,7 @@ def collect_exit_signals(
     system: LayerwiseClassifier, dataloader: Iterable, progress: bool = True
 ) -> ExitSignalCache:
     """The exit rules' inputs alone: one pass, no similarity accumulators."""
+    require_classifier(system, "Early exit")
     system.eval()
     labels, logits_kept, cosines = [], [], []
     for features, target in _batches(system, dataloader, "early-exit pass", progress):

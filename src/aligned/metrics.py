@@ -37,8 +37,23 @@ def build_metric(name: str, num_classes: int) -> Metric:
             raise ConfigError(f"F1 is defined here for binary tasks; got {num_classes} classes.")
         return BinaryF1Score()
     if name == "matthews":
-        return MulticlassMatthewsCorrCoef(num_classes)
+        return MatthewsCorrCoef(num_classes)
     return PearsonCorrCoef() if name == "pearson" else SpearmanCorrCoef()
+
+
+class MatthewsCorrCoef(MulticlassMatthewsCorrCoef):
+    """Matthews correlation as GLUE computes it (sklearn's ``matthews_corrcoef``), from the
+    accumulated confusion matrix: 0 when a layer predicts one class for every sample, where
+    torchmetrics 1.9 returns a non-zero value (e.g. -0.20) and would mislabel collapsed layers."""
+
+    def compute(self) -> torch.Tensor:
+        confmat = self.confmat.double()
+        true, predicted = confmat.sum(1), confmat.sum(0)
+        correct, total = confmat.trace(), confmat.sum()
+        covariance = correct * total - true @ predicted
+        scale = ((total**2 - true @ true) * (total**2 - predicted @ predicted)).sqrt()
+        mcc = covariance / scale if scale > 0 else torch.zeros((), dtype=torch.float64)
+        return mcc.float()
 
 
 def metric_input(logits: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from aligned.config import TrainingDiverged, build
+from aligned.config import ConfigError, TrainingDiverged, build
 from aligned.metrics import METRIC_KEYS, build_metric, metric_input
 from aligned.optim import adamw_with_warmup_cosine
 
@@ -29,6 +29,14 @@ def headline_key(split: str, metric: str = "accuracy") -> str:
 def _plain(node: Any) -> Any:
     """Configs are stored in checkpoints as plain containers, so they load without Hydra."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def require_classifier(system: LayerwiseClassifier, purpose: str) -> None:
+    """Exit rules and the layer-wise analysis read class probabilities; a regression model
+    (one output, e.g. STS-B) has none, and its "predictions" would be meaningless."""
+    if system.backbone.num_classes == 1:
+        raise ConfigError(f"{purpose} needs a classifier; this checkpoint is a regression model "
+                          "(one output, e.g. GLUE STS-B).")
 
 
 class LayerwiseClassifier(L.LightningModule):

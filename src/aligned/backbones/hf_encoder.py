@@ -145,8 +145,10 @@ def _load(name_or_path: str, num_classes: int, pretrained: bool) -> torch.nn.Mod
     transformers.logging.set_verbosity_error()  # the new classifier's "newly initialized" notice
     try:
         if pretrained:
+            # A saved classifier for another label count (e.g. an MNLI model on RTE) starts
+            # anew, as timm's does; the encoder's weights load as saved.
             return AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=num_classes
+                source, num_labels=num_classes, ignore_mismatched_sizes=True
             )
         config = AutoConfig.from_pretrained(source, num_labels=num_classes)
         return AutoModelForSequenceClassification.from_config(config)

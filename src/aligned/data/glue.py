@@ -150,6 +150,10 @@ def read_tsv(path: Path, task: GlueTask) -> Examples:
             for text, value in zip(texts, values[:-1], strict=True):
                 text.append(value)
             labels.append(_label_id(task, values[-1], path))
+    if not labels:  # e.g. a header-less task's file with a header, or a header alone
+        layout = (f"tab-separated fields {list(task.header)}, no header line" if task.header
+                  else f"a header naming {columns}, then tab-separated rows")
+        raise ConfigError(f"{path} holds no usable {task.name} rows; GLUE's layout is {layout}.")
     return Examples(texts[0], texts[1] if len(texts) > 1 else None, labels)
 
 

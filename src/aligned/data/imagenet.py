@@ -13,10 +13,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from timm.models import get_pretrained_cfg
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import pil_loader
 
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling
@@ -49,12 +51,25 @@ def timm_data_config(timm_model: str, image_size: int | None = None) -> dict[str
     return config
 
 
-def holdout_indices(num_items: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random (train, val) split of ``range(num_items)``; depends only on ``seed``."""
+def load_image(path: str) -> Image.Image:
+    """torchvision's PIL loader, with one line naming a file that is not a readable image (a
+    truncated download, a stray file with an image extension) instead of PIL's traceback."""
+    try:
+        return pil_loader(path)
+    except (OSError, SyntaxError) as error:  # UnidentifiedImageError is an OSError
+        raise ConfigError(f"{path} is not a readable image ({error}); remove or replace it.") \
+            from None
+
+
+def holdout_indices(
+    num_items: int, val_size: int, seed: int, setting: str = "data.val_size"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random (train, val) split of ``range(num_items)``; depends only on ``seed``.
+    ``setting`` is the config key that sized the holdout, named in the error."""
     if not 0 < val_size < num_items:
         raise ConfigError(
             f"The validation holdout needs between 1 and {num_items - 1} of the {num_items} "
-            f"training images; got {val_size}."
+            f"training images; got {val_size}. Change {setting}."
         )
     order = np.random.default_rng(seed).permutation(num_items)
     return np.sort(order[val_size:]), np.sort(order[:val_size])
@@ -197,7 +212,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         eval_tf = create_transform(**self.data_config, is_training=False)
         train_images = self.image_folder("train")
         val_size = round(self.val_fraction * len(train_images))
-        train, val = holdout_indices(len(train_images), val_size, self.split_seed)
+        train, val = holdout_indices(len(train_images), val_size, self.split_seed,
+                                     setting=f"data.val_fraction (now {self.val_fraction})")
         self.splits = {
             "train": TransformedSubset(train_images, train, train_tf),
             "val": TransformedSubset(train_images, val, eval_tf),
@@ -206,7 +222,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def image_folder(self, split: str, transform: Any = None) -> ImageFolder:
         try:
-            return ImageFolder(self.data_dir / split, transform=transform)
+            return ImageFolder(self.data_dir / split, transform=transform, loader=load_image)
         except FileNotFoundError as error:  # a class folder without images
             raise ConfigError(f"{self.data_dir / split}: {error}") from None
 
