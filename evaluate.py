@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 import aligned.resolvers  # noqa: F401  (registers the configs' resolvers)
-from aligned.config import ConfigError
+from aligned.config import ConfigError, user_message
 from aligned.evaluation import evaluate
 
 
@@ -19,7 +19,7 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluation = evaluate(cfg)
     except ConfigError as error:
-        print(f"Error: {error}", file=sys.stderr)
+        print(f"Error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
     accuracy = evaluation["layer_accuracy"]
     print("layer accuracy (%): " + " ".join(f"{100 * a:.1f}" for a in accuracy))

@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import aligned.resolvers  # noqa: F401  (registers ${minilm_path:} etc. before Hydra composes)
-from aligned.config import ConfigError
+from aligned.config import ConfigError, user_message
 from aligned.training import train
 
 log = logging.getLogger("train")
@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
     except ConfigError as error:
-        print(f"Error: {error}", file=sys.stderr)
+        print(f"Error: {user_message(error)}", file=sys.stderr)
         if sweeping:
             return None
         sys.exit(2)

@@ -34,7 +34,7 @@ import torch
 
 from aligned.checkpoints import load_system, read_checkpoint
 from aligned.config import ConfigError
-from aligned.evaluation import data_of, evaluation_dataloader
+from aligned.evaluation import data_of, evaluation_dataloader, split_of
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_pooled import PooledEarlyExit
 from aligned.exit_rules import make_rule
@@ -156,9 +156,14 @@ def main() -> None:
                                                                         args.compare_ckpt])]
         names = [c["run_config"].get("names", {}).get("loss", "model") for c in checkpoints]
         if len(checkpoints) == 2:
-            if data_of(checkpoints[0]["run_config"]) != data_of(checkpoints[1]["run_config"]):
-                raise ConfigError("--compare-ckpt: the two models were trained on other data; "
-                                  "compare models of the same data set.")
+            a, b = (c["run_config"] for c in checkpoints)
+            same = (data_of(a) == data_of(b)
+                    and a["data"].get("num_classes") == b["data"].get("num_classes")
+                    and all(split_of(a, s) == split_of(b, s) for s in ("val", "test")))
+            if not same:  # as evaluate.py's compare_to: the same data, classes and splits
+                raise ConfigError("--compare-ckpt: the two models were trained on other data "
+                                  "(data set, classes or split settings); compare models of the "
+                                  "same data.")
             if names[0] == names[1]:
                 names = [f"{names[0]} (A)", f"{names[1]} (B)"]
         rows = [row for checkpoint, name in zip(checkpoints, names, strict=True)

@@ -126,6 +126,7 @@ def test_unknown_rule_or_meaningless_threshold_is_a_clear_error(name, threshold,
     with pytest.raises(ConfigError, match=message):
         make_rule(name, threshold)
     assert make_rule("patience", 2).threshold == 2.0  # whole numbers given as ints are fine
+    assert make_rule("budget", math.inf).threshold == math.inf  # never exits early: allowed
 
 
 # ----------------------------------------------------------------------------- operating point

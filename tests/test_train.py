@@ -165,3 +165,45 @@ def test_build_surfaces_our_error_and_leaves_other_failures_as_they_are():
     except ConfigError:
         with pytest.raises(InstantiationException, match="out_features"):
             build({"_target_": "torch.nn.Linear", "in_features": 2})
+
+
+class CallsAHelperWrongly:
+    """A target whose own code raises TypeError("... unexpected keyword argument ..."): a bug
+    in the code, which must not be reported as a setting the user got wrong."""
+
+    def __init__(self, size: int) -> None:
+        def helper(a: int) -> int:
+            return a
+
+        helper(a=size, b=2)
+
+
+class Outer:
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+
+def test_a_setting_the_target_lacks_is_named_but_other_type_errors_are_left_alone():
+    from hydra.errors import InstantiationException
+
+    from aligned.config import build
+
+    with pytest.raises(ConfigError, match="DigitsDataModule has no setting 'foo'"):
+        build({"_target_": "aligned.data.digits.DigitsDataModule", "foo": 1})
+    with pytest.raises(InstantiationException, match="unexpected keyword argument 'b'"):
+        build({"_target_": f"{__name__}.CallsAHelperWrongly", "size": 1})
+    nested = {"_target_": f"{__name__}.Outer",
+              "inner": {"_target_": "aligned.data.digits.DigitsDataModule", "foo": 1}}
+    with pytest.raises(Exception) as caught:  # the inner target's error, not "Outer has no ..."
+        build(nested)
+    assert "Outer has no setting" not in str(caught.value)
+
+
+def test_an_error_from_a_dataloader_worker_prints_as_its_own_message():
+    from aligned.config import user_message
+
+    wrapped = ConfigError("Caught ConfigError in DataLoader worker process 0.\nOriginal Traceback "
+                          "(most recent call last):\n  File \"x.py\", line 1\naligned.config."
+                          "ConfigError: /data/train/cat/1.png is not a readable image (x).\n")
+    assert user_message(wrapped) == "/data/train/cat/1.png is not a readable image (x)."
+    assert user_message(ConfigError("plain")) == "plain"

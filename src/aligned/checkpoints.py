@@ -17,7 +17,8 @@ TIMM_TARGET = "aligned.backbones.timm_vit.TimmViT"
 HF_TARGET = "aligned.backbones.hf_encoder.HFEncoder"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict (on the CPU; with ``mmap``, its tensors stay on disk until used)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(
@@ -25,7 +26,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "(the path is printed at the end of train.py and stored in results.json)."
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
         raise ConfigError(
             f"Checkpoint '{path}' cannot be read ({type(error).__name__}); the file is truncated "

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 
@@ -42,7 +42,7 @@ def with_defaults(section: dict) -> dict:
     """A ``_target_`` config section with the target's constructor defaults filled in for the
     keys it leaves out (an older config may lack a key added since, or a default written out)."""
     try:
-        parameters = inspect.signature(get_class(section["_target_"])).parameters.values()
+        parameters = inspect.signature(get_object(section["_target_"])).parameters.values()
     except Exception:  # noqa: BLE001  (no or unknown target: compare it as written)
         return section
     defaults = {p.name: p.default for p in parameters
@@ -77,14 +77,27 @@ def unknown_setting(node: Any, error: BaseException | None) -> str | None:
     ``loss=multiexit``), or None when ``error`` is something else."""
     found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
     target = node.get("_target_") if hasattr(node, "get") else None
-    if not isinstance(error, TypeError) or not found or not target:
+    # Only a key written in this very config node, which the target's signature lacks; any
+    # other TypeError (a nested target's, one from inside the code) stays as it is.
+    if not isinstance(error, TypeError) or not found or not target or found.group(1) not in node:
         return None
     try:
-        accepted = list(inspect.signature(get_class(target)).parameters)
+        parameters = inspect.signature(get_class(target)).parameters.values()
     except Exception:  # noqa: BLE001
         return None
-    if found.group(1) in accepted:  # raised deeper down, not by the target's own signature
+    accepted = [p.name for p in parameters if p.name != "self"]
+    if found.group(1) in accepted or any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
     return (f"{target.rsplit('.', 1)[-1]} has no setting '{found.group(1)}' (its settings: "
-            f"{', '.join(a for a in accepted if a != 'self')}); remove that override or fix its "
-            "spelling.")
+            f"{', '.join(accepted)}); remove that override or fix its spelling.")
+
+
+def user_message(error: ConfigError) -> str:
+    """The message to print: a ConfigError raised in a DataLoader worker comes back wrapped
+    ("Caught ConfigError in DataLoader worker process 0. Original Traceback ..."), whose last
+    line is the message itself."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(f"{type(error).__name__}: ", 1)[-1]
+    return text

@@ -210,7 +210,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if len(paths) > 1:
         loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0].model_path))
         # The figures are on cfg.split; the matched early-exit comparison is on test.
-        early_exit = (cfg.get("early_exit") or {}).get("enabled", True)
+        early_exit = (cfg.get("early_exit") or {}).get("enabled", False)  # as in the pass
         for split in {cfg.split, "test"} if early_exit else {cfg.split}:
             check_comparable(*loaded, split)
     analysed = [analyse_checkpoint(checkpoint, cfg) for checkpoint in loaded]

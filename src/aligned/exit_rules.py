@@ -219,7 +219,7 @@ def make_rule(name: str, threshold: float) -> ExitRule:
         raise ConfigError(f"Unknown exit rule '{name}'; use one of {', '.join(RULES)}.")
     rule = RULES[name]
     value = number(f"The {name} rule's threshold", threshold, *rule.bounds)
-    if rule.whole and value != int(value):
+    if rule.whole and math.isfinite(value) and not value.is_integer():
         raise ConfigError(f"The {name} rule's threshold is a number of layers, got {threshold}.")
     return rule(value)
 

@@ -52,7 +52,7 @@ class MatthewsCorrCoef(MulticlassMatthewsCorrCoef):
         correct, total = confmat.trace(), confmat.sum()
         covariance = correct * total - true @ predicted
         scale = ((total**2 - true @ true) * (total**2 - predicted @ predicted)).sqrt()
-        mcc = covariance / scale if scale > 0 else torch.zeros((), dtype=torch.float64)
+        mcc = covariance / scale if scale > 0 else confmat.new_zeros(())
         return mcc.float()
 
 

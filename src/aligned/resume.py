@@ -23,6 +23,7 @@ TRAINED_SECTIONS = ("model", "data", "loss", "optim", "seed")
 # Keys within them that only say where things are, how they are loaded or how val/test batch.
 IGNORED_KEYS = {"data_dir", "num_workers", "pin_memory", "persistent_workers",
                 "checkpoint_path", "name_or_path", "tokenizer", "pretrained", "eval_batch_size"}
+OPTIMISER = "aligned.optim.adamw_with_warmup_cosine"  # what LayerwiseClassifier calls with optim
 # Trainer settings that change the total step count the LR schedule is laid over.
 SCHEDULE_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches",
                  "devices", "num_nodes")
@@ -59,13 +60,17 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
     """The resumed checkpoint (loaded on CPU), after checking that ``cfg`` trains what it
     trained: the same model, data, loss, optimiser and seed (trainer settings, e.g. more
     epochs, and paths may change)."""
-    checkpoint = read_checkpoint(checkpoint_path)
+    try:
+        checkpoint = read_checkpoint(checkpoint_path, mmap=True)  # tensors stay on disk
+    except ConfigError as error:  # e.g. last.ckpt cut short by the kill
+        raise ConfigError(f"Cannot resume: {error} To continue from the best epoch instead, "
+                          f"pass resume={checkpoint_path.parent}/<epochNNN>.ckpt.") from None
     stored = checkpoint["run_config"]
     current = OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, [k for k in (*TRAINED_SECTIONS, "trainer") if k in cfg]),
         resolve=True)
-    before = flatten({k: filled(stored.get(k)) for k in TRAINED_SECTIONS})
-    now = flatten({k: filled(current.get(k)) for k in TRAINED_SECTIONS})
+    before = flatten({k: filled(stored.get(k), k) for k in TRAINED_SECTIONS})
+    now = flatten({k: filled(current.get(k), k) for k in TRAINED_SECTIONS})
     changed = sorted(key for key in before.keys() | now.keys()
                      if before.get(key) != now.get(key)
                      and key.rsplit(".", 1)[-1] not in IGNORED_KEYS)
@@ -80,7 +85,7 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
         )
     trainer_before, trainer_now = stored.get("trainer") or {}, current.get("trainer") or {}
     rescheduled = [key for key in SCHEDULE_KEYS if trainer_before.get(key) != trainer_now.get(key)]
-    if rescheduled:
+    if rescheduled and rank_zero_only.rank == 0:
         log.warning(
             "Resuming with other %s: the learning-rate schedule (warm-up, decay) is laid over the "
             "new total step count from the restored step on, so the resumed run follows neither "
@@ -89,7 +94,11 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
     return checkpoint
 
 
-def filled(section: Any) -> Any:
+def filled(section: Any, name: str) -> Any:
+    """``section`` with its target's defaults for the keys it leaves out (optim: those of the
+    optimiser factory, which the module calls with it)."""
+    if name == "optim" and isinstance(section, dict):
+        return with_defaults({"_target_": OPTIMISER, **section})
     return with_defaults(section) if isinstance(section, dict) and "_target_" in section \
         else section
 
@@ -132,6 +141,14 @@ class RelocatableCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         # ModelCheckpoint's own key: checkpoints written with it (older runs) restore into this.
         return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def on_load_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written while the state key was this class's name: restore them too
+        # (Lightning calls this hook before it loads the callbacks' states).
+        states = checkpoint.get("callbacks", {})
+        own_name = super().state_key
+        if self.state_key not in states and own_name in states:
+            states[self.state_key] = states[own_name]
 
 
 @rank_zero_only

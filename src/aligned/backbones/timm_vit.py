@@ -131,7 +131,9 @@ class TimmViT(LayerwiseBackbone):
 def check_patches(model: VisionTransformer) -> None:
     """Patches must tile the image: timm would drop the border pixels, or fail inside the first
     batch for a patch larger than the image."""
-    embed = model.patch_embed
+    embed = getattr(model, "patch_embed", None)
+    if embed is None:  # not a ViT: the type check says so
+        return
     flexible = getattr(embed, "dynamic_img_size", False) or getattr(embed, "dynamic_img_pad", False)
     if embed.img_size is None or flexible:
         return

@@ -56,7 +56,9 @@ def load_image(path: str) -> Image.Image:
     truncated download, a stray file with an image extension) instead of PIL's traceback."""
     try:
         return pil_loader(path)
-    except (OSError, SyntaxError) as error:  # UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # the file system's error (permissions, too many open files): not the image
         raise ConfigError(f"{path} is not a readable image ({error}); remove or replace it.") \
             from None
 
