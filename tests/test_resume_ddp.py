@@ -137,6 +137,15 @@ def test_resume_with_other_settings_a_stray_checkpoint_or_no_run_is_a_clear_erro
         assert done.returncode == 2 and expected in done.stderr, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
     assert not (tmp_path.parent / "checkpoints").exists()  # nothing run from the stray's dir
+    cut = tmp_path / "cut" / "checkpoints"  # a last.ckpt cut short by the kill
+    cut.mkdir(parents=True)
+    (cut / "last.ckpt").write_bytes(stray.read_bytes()[:1000])
+    done = subprocess.run(
+        train_py(*TINY, f"resume={cut.parent}", f"hydra.run.dir={tmp_path}/again"),
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "cannot be read" in done.stderr, done.stderr[-2000:]
+    assert f"pass resume={cut}/<epochNNN>.ckpt" in done.stderr
+    assert "Use last.ckpt" not in done.stderr  # last.ckpt is the file that is broken
 
     # A checkpoint written before TrainingTime, data.eval_batch_size and a written-out
     # loss.alternating existed still resumes, and keeps its best epoch: the callbacks store

@@ -17,8 +17,11 @@ TIMM_TARGET = "aligned.backbones.timm_vit.TimmViT"
 HF_TARGET = "aligned.backbones.hf_encoder.HFEncoder"
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint dict (on the CPU; with ``mmap``, its tensors stay on disk until used)."""
+def read_checkpoint(
+    path: str | Path, mmap: bool = False, hint: str = "Use last.ckpt or another epoch's file."
+) -> dict[str, Any]:
+    """The checkpoint dict (on the CPU; with ``mmap``, its tensors stay on disk until used).
+    ``hint``: what to do instead when the file cannot be read."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(
@@ -30,7 +33,7 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
         raise ConfigError(
             f"Checkpoint '{path}' cannot be read ({type(error).__name__}); the file is truncated "
-            "or not a PyTorch checkpoint. Use last.ckpt or another epoch's file."
+            f"or not a PyTorch checkpoint. {hint}"
         ) from None
     if not isinstance(checkpoint, dict) or "run_config" not in checkpoint:
         raise ConfigError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,9 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
     """The resumed checkpoint (loaded on CPU), after checking that ``cfg`` trains what it
     trained: the same model, data, loss, optimiser and seed (trainer settings, e.g. more
     epochs, and paths may change)."""
-    try:
-        checkpoint = read_checkpoint(checkpoint_path, mmap=True)  # tensors stay on disk
-    except ConfigError as error:  # e.g. last.ckpt cut short by the kill
-        raise ConfigError(f"Cannot resume: {error} To continue from the best epoch instead, "
-                          f"pass resume={checkpoint_path.parent}/<epochNNN>.ckpt.") from None
+    checkpoint = read_checkpoint(  # tensors stay on disk; last.ckpt may be cut short by a kill
+        checkpoint_path, mmap=True, hint="To continue from the best epoch instead, pass "
+        f"resume={checkpoint_path.parent}/<epochNNN>.ckpt.")
     stored = checkpoint["run_config"]
     current = OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, [k for k in (*TRAINED_SECTIONS, "trainer") if k in cfg]),
@@ -91,6 +90,11 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
             "new total step count from the restored step on, so the resumed run follows neither "
             "the original schedule nor that of a fresh run with these settings.",
             ", ".join(f"trainer.{key}" for key in rescheduled))
+    max_epochs = trainer_now.get("max_epochs")
+    if max_epochs is not None and 0 <= max_epochs <= checkpoint["epoch"] + 1 \
+            and rank_zero_only.rank == 0:
+        log.warning("The run has trained %d epochs already; trainer.max_epochs=%d trains none "
+                    "(only the evaluation runs).", checkpoint["epoch"] + 1, max_epochs)
     return checkpoint
 
 
@@ -168,7 +172,9 @@ def keep_csv_history(logger: Any, resumed_epoch: int, resumed_step: int) -> None
         rows = [row for row in reader
                 if (int(float(row["epoch"])) <= resumed_epoch if row.get("epoch")
                     else row.get("step") and int(float(row["step"])) < resumed_step)]
-    writer = logger.experiment  # creating it deletes the old file
+    with warnings.catch_warnings():  # "previous log files will be deleted": written back here
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        writer = logger.experiment  # creating it deletes the old file
     writer.metrics_keys = keys
     with path.open("w", newline="") as file:
         out = csv.DictWriter(file, fieldnames=keys)
