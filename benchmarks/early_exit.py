@@ -34,7 +34,7 @@ import torch
 
 from aligned.checkpoints import load_system, read_checkpoint
 from aligned.config import ConfigError
-from aligned.evaluation import data_of, evaluation_dataloader, split_of
+from aligned.evaluation import LoadedCheckpoint, check_comparable, evaluation_dataloader
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_pooled import PooledEarlyExit
 from aligned.exit_rules import make_rule
@@ -92,10 +92,10 @@ def time_rounds(runs: dict[str, Callable[[], None]], rounds: int,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def benchmark(checkpoint: dict, name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    system = load_system(checkpoint)
+def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    system = model.system
     overrides = {"data_dir": args.data_dir}
-    loaders = {split: evaluation_dataloader(checkpoint["run_config"], overrides, split)
+    loaders = {split: evaluation_dataloader(model.run_config, overrides, split)
                for split in ("val", "test")}
     signals = {split: collect_exit_signals(system, loader, progress=False)
                for split, loader in loaders.items()}
@@ -152,23 +152,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     try:
-        checkpoints = [read_checkpoint(path) for path in filter(None, [args.ckpt,
-                                                                        args.compare_ckpt])]
-        names = [c["run_config"].get("names", {}).get("loss", "model") for c in checkpoints]
-        if len(checkpoints) == 2:
-            a, b = (c["run_config"] for c in checkpoints)
-            same = (data_of(a) == data_of(b)
-                    and a["data"].get("num_classes") == b["data"].get("num_classes")
-                    and all(split_of(a, s) == split_of(b, s) for s in ("val", "test")))
-            if not same:  # as evaluate.py's compare_to: the same data, classes and splits
-                raise ConfigError("--compare-ckpt: the two models were trained on other data "
-                                  "(data set, classes or split settings); compare models of the "
-                                  "same data.")
+        models = []
+        for path in filter(None, [args.ckpt, args.compare_ckpt]):
+            checkpoint = read_checkpoint(path)
+            models.append(LoadedCheckpoint(path, checkpoint["run_config"],
+                                           load_system(checkpoint), {}, None))
+        names = [m.run_config.get("names", {}).get("loss", "model") for m in models]
+        if len(models) == 2:
+            for split in ("val", "test"):  # as evaluate.py's compare_to
+                check_comparable(*models, split)
             if names[0] == names[1]:
                 names = [f"{names[0]} (A)", f"{names[1]} (B)"]
-        rows = [row for checkpoint, name in zip(checkpoints, names, strict=True)
-                for row in benchmark(checkpoint, name, args)]
-        del checkpoints
+        rows = [row for model, name in zip(models, names, strict=True)
+                for row in benchmark(model, name, args)]
     except ConfigError as error:  # a missing or foreign checkpoint, a moved data directory
         sys.exit(f"Error: {error}")
     # Measured speed-up per mode, and its ratio to the predicted L / mean exit layer.

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, get_object, instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 
@@ -38,15 +38,23 @@ def number(key: str, value: Any, low: float, high: float, high_open: bool = Fals
     return float(value)
 
 
+def target_parameters(target: str | None) -> list[inspect.Parameter] | None:
+    """The parameters a ``_target_`` takes (a class's constructor, or a function), without
+    ``self``; None when it cannot be resolved."""
+    try:
+        parameters = inspect.signature(get_object(target)).parameters.values()
+    except Exception:  # noqa: BLE001  (no or unknown target)
+        return None
+    return [p for p in parameters if p.name != "self"]
+
+
 def with_defaults(section: dict) -> dict:
     """A ``_target_`` config section with the target's constructor defaults filled in for the
     keys it leaves out (an older config may lack a key added since, or a default written out)."""
-    try:
-        parameters = inspect.signature(get_object(section["_target_"])).parameters.values()
-    except Exception:  # noqa: BLE001  (no or unknown target: compare it as written)
+    parameters = target_parameters(section.get("_target_"))
+    if parameters is None:  # compare it as written
         return section
-    defaults = {p.name: p.default for p in parameters
-                if p.default is not inspect.Parameter.empty and p.name != "self"}
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     return {**defaults, **section}
 
 
@@ -81,11 +89,10 @@ def unknown_setting(node: Any, error: BaseException | None) -> str | None:
     # other TypeError (a nested target's, one from inside the code) stays as it is.
     if not isinstance(error, TypeError) or not found or not target or found.group(1) not in node:
         return None
-    try:
-        parameters = inspect.signature(get_class(target)).parameters.values()
-    except Exception:  # noqa: BLE001
+    parameters = target_parameters(target)
+    if parameters is None:
         return None
-    accepted = [p.name for p in parameters if p.name != "self"]
+    accepted = [p.name for p in parameters]
     if found.group(1) in accepted or any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
     return (f"{target.rsplit('.', 1)[-1]} has no setting '{found.group(1)}' (its settings: "

@@ -3,7 +3,6 @@ and early exit (rules swept on val, operating points reported on test; METHOD.md
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from aligned import plots
 from aligned.checkpoints import load_system, read_checkpoint
-from aligned.config import ConfigError, build, number, positive_int, with_defaults
+from aligned.config import (
+    ConfigError,
+    build,
+    number,
+    positive_int,
+    target_parameters,
+    with_defaults,
+)
 from aligned.exit import EarlyExitClassifier
 from aligned.exit_rules import make_rule
 from aligned.exit_sweep import early_exit_summary, matched_comparison, operating_point, simulate
@@ -130,7 +136,7 @@ def display_names(run_configs: list[dict]) -> list[str]:
 
 def data_settings(target: str) -> list[str]:
     """The settings the data module takes (its constructor's parameters)."""
-    return [name for name in inspect.signature(get_class(target)).parameters if name != "self"]
+    return [p.name for p in target_parameters(target) or []]
 
 
 def data_of(run_config: dict) -> tuple:

@@ -109,9 +109,9 @@ def best_checkpoint(checkpoint: ModelCheckpoint, latest: ModelCheckpoint) -> str
     training inside the first epoch, or check_val_every_n_epoch > max_epochs)."""
     if checkpoint.best_model_path:
         return checkpoint.best_model_path
-    if latest.last_model_path or latest.best_model_path:
+    if latest.best_model_path:  # unmonitored: its only file, last.ckpt
         log.warning("No validation ran during training; evaluating the last checkpoint.")
-        return latest.last_model_path or latest.best_model_path
+        return latest.best_model_path
     raise ConfigError("Training ran no step, so there is nothing to evaluate (check "
                       "trainer.max_epochs and trainer.max_steps).")
 
