@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 import aligned.resolvers  # noqa: F401  (registers ${minilm_path:} etc. before Hydra composes)
 from aligned.config import ConfigError, user_message
-from aligned.training import train
+from aligned.training.fit import train
 
 log = logging.getLogger("train")
 

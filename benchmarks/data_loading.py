@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from aligned.backbones.hf_encoder import HFEncoder
 from aligned.data.glue import GlueDataModule
+from aligned.models.backbones.hf_encoder import HFEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.10  # at most 10% slower than batches already in memory

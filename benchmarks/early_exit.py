@@ -12,7 +12,8 @@ L / mean exit layer; measured = full time / early-exit time.
 Batches are slices of the test loader's batches (text keeps that batch's padding).
 
 Two early-exit modes at batch sizes > 1: ``per batch`` (each batch on its own: later blocks run
-on that batch's few survivors) and ``pooled`` (``aligned.exit_pooled``: survivors of successive
+on that batch's few survivors) and ``pooled`` (``aligned.early_exit.pooled``: survivors of
+successive
 batches wait per layer until a full batch is pending, so every block but the final flush runs
 on a full batch; the throughput mode for a loader or a request queue). The test set is short
 (digits: 360 images, six batches), so the final flush, whose deeper blocks run on a few samples
@@ -32,15 +33,15 @@ from typing import Any
 
 import torch
 
-from aligned.checkpoints import load_system, read_checkpoint
+from aligned.analysis.layerwise_pass import collect_exit_signals
 from aligned.config import ConfigError
+from aligned.early_exit.inference import EarlyExitClassifier
+from aligned.early_exit.offline import early_exit_summary
+from aligned.early_exit.pooled import PooledEarlyExit
+from aligned.early_exit.rules import make_rule
 from aligned.evaluation import LoadedCheckpoint, check_comparable, evaluation_dataloader
-from aligned.exit import EarlyExitClassifier
-from aligned.exit_pooled import PooledEarlyExit
-from aligned.exit_rules import make_rule
-from aligned.exit_sweep import early_exit_summary
-from aligned.layerwise_pass import collect_exit_signals
-from aligned.system import LayerwiseClassifier, unpack
+from aligned.training.checkpoints import load_system, read_checkpoint
+from aligned.training.system import LayerwiseClassifier, unpack
 
 
 def full_forward(system: LayerwiseClassifier) -> Callable[[Any], torch.Tensor]:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from aligned.similarity import (
+from aligned.analysis.similarity import (
     CosAccumulator,
     MinibatchCKA,
     cos_similarity,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from aligned.system import LayerwiseClassifier
+from aligned.training.system import LayerwiseClassifier
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aligned.analysis import (
+from aligned.analysis.readouts import (
     correlation,
     is_monotone,
     layer_accuracy,

@@ -12,9 +12,9 @@ from transformers import (
     DistilBertForSequenceClassification,
 )
 
-from aligned.backbones.hf_encoder import HFEncoder
-from aligned.backbones.timm_vit import TimmViT
 from aligned.config import ConfigError
+from aligned.models.backbones.hf_encoder import HFEncoder
+from aligned.models.backbones.timm_vit import TimmViT
 
 TINY_VIT = dict(img_size=8, in_chans=1, patch_size=4, embed_dim=32, depth=3, num_heads=2)
 

@@ -16,7 +16,7 @@ from conftest import ROOT, TINY, compose_train
 
 from aligned.config import ConfigError
 from aligned.evaluation import LoadedCheckpoint, check_comparable, evaluation_dataloader
-from aligned.training import train
+from aligned.training.fit import train
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_evaluate_writes_json_figures_and_report(checkpoints, tmp_path):
 
 def test_layer_accuracy_matches_the_trained_model(checkpoints, tmp_path):
     """evaluate.py's last-layer accuracy equals Lightning's test accuracy for the checkpoint."""
-    from aligned.checkpoints import load_system, read_checkpoint
+    from aligned.training.checkpoints import load_system, read_checkpoint
 
     done = run_evaluate(f"ckpt_path={checkpoints['aligned']}", out=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -11,11 +11,19 @@ import timm
 import torch
 from test_backbones import tiny_bert_dir
 
-from aligned.backbones.base import LayerwiseBackbone
+from aligned.analysis.layerwise_pass import ExitSignalCache, collect_exit_signals
 from aligned.config import ConfigError
-from aligned.exit import EarlyExitClassifier
-from aligned.exit_pooled import PooledEarlyExit
-from aligned.exit_rules import (
+from aligned.early_exit.inference import EarlyExitClassifier
+from aligned.early_exit.offline import (
+    accuracy_at_depth,
+    choose_threshold,
+    early_exit_summary,
+    matched_comparison,
+    simulate,
+)
+from aligned.early_exit.parameter_count import parameter_summary, shared_head_saving
+from aligned.early_exit.pooled import PooledEarlyExit
+from aligned.early_exit.rules import (
     RULES,
     BudgetRule,
     ConfidenceRule,
@@ -27,19 +35,11 @@ from aligned.exit_rules import (
     make_rule,
     split_rows,
 )
-from aligned.exit_sweep import (
-    accuracy_at_depth,
-    choose_threshold,
-    early_exit_summary,
-    matched_comparison,
-    simulate,
-)
-from aligned.layerwise_pass import ExitSignalCache, collect_exit_signals
-from aligned.parameter_count import parameter_summary, shared_head_saving
-from aligned.system import LayerwiseClassifier, unpack
+from aligned.models.backbones.base import LayerwiseBackbone
+from aligned.training.system import LayerwiseClassifier, unpack
 
-LOSSES = {"aligned": "aligned.objectives.AlignedObjective",
-          "multiexit": "aligned.objectives.MultiExitObjective"}
+LOSSES = {"aligned": "aligned.models.objectives.AlignedObjective",
+          "multiexit": "aligned.models.objectives.MultiExitObjective"}
 NUM_LAYERS, NUM_CLASSES = 4, 5
 
 # ----------------------------------------------------------------------------- rules
@@ -167,14 +167,15 @@ def test_summary_selects_on_val_and_reports_on_test():
 
 def tiny_vit_system(loss: str) -> LayerwiseClassifier:
     torch.manual_seed(0)
-    model = {"_target_": "aligned.backbones.timm_vit.TimmViT", "name": "vit_tiny_patch16_224",
+    model = {"_target_": "aligned.models.backbones.timm_vit.TimmViT",
+             "name": "vit_tiny_patch16_224",
              "num_classes": NUM_CLASSES, "img_size": 8, "in_chans": 1, "patch_size": 4,
              "embed_dim": 16, "depth": NUM_LAYERS, "num_heads": 2}
     return LayerwiseClassifier(model, {"_target_": LOSSES[loss]})
 
 
 def tiny_bert_system(loss: str, tmp_path) -> LayerwiseClassifier:
-    model = {"_target_": "aligned.backbones.hf_encoder.HFEncoder",
+    model = {"_target_": "aligned.models.backbones.hf_encoder.HFEncoder",
              "name_or_path": tiny_bert_dir(tmp_path, NUM_CLASSES), "num_classes": NUM_CLASSES,
              "pooling": "mean"}
     torch.manual_seed(0)
@@ -486,7 +487,8 @@ def test_early_exit_on_a_regression_model_is_a_clear_error():
     # STS-B checkpoints have one output: no class probabilities for the rules to read, and
     # "predictions" of class 0 for every sample would be meaningless.
     torch.manual_seed(0)
-    model = {"_target_": "aligned.backbones.timm_vit.TimmViT", "name": "vit_tiny_patch16_224",
+    model = {"_target_": "aligned.models.backbones.timm_vit.TimmViT",
+             "name": "vit_tiny_patch16_224",
              "num_classes": 1, "img_size": 8, "in_chans": 1, "patch_size": 4, "embed_dim": 16,
              "depth": 2, "num_heads": 2}
     system = LayerwiseClassifier(model, {"_target_": LOSSES["aligned"]}, metrics=("pearson",))

@@ -23,7 +23,7 @@ from test_vision_data import (
 from torchvision.datasets import CIFAR10, CIFAR100
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from aligned.training import train
+from aligned.training.fit import train
 
 RUN_BRIEFLY = [
     "trainer.max_epochs=1",

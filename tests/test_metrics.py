@@ -8,7 +8,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from aligned.metrics import build_metric
+from aligned.training.metrics import build_metric
 
 RNG = np.random.default_rng(0)
 LABELS = RNG.integers(0, 3, 200)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, compose_train
 
-from aligned.sweep_summary import summarize_sweep
-from aligned.training import train
+from aligned.training.fit import train
+from aligned.training.sweep_summary import summarize_sweep
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

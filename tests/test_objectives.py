@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aligned.backbones.timm_vit import TimmViT
 from aligned.config import ConfigError
-from aligned.objectives import (
+from aligned.models.backbones.timm_vit import TimmViT
+from aligned.models.objectives import (
     AlignedObjective,
     MultiExitObjective,
     StandardObjective,

@@ -1,4 +1,4 @@
-"""AdamW warm-up + decay schedule (aligned.optim)."""
+"""AdamW warm-up + decay schedule (aligned.training.optim)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from aligned.config import ConfigError
-from aligned.optim import adamw_with_warmup_cosine
+from aligned.training.optim import adamw_with_warmup_cosine
 
 
 def learning_rates(total_steps: int, **kwargs) -> list[float]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from conftest import ROOT, TINY
 
-from aligned.callbacks import TrainingTime
+from aligned.training.callbacks import TrainingTime
 
 # Every training batch, small: each epoch takes long enough (~1-2 s) to kill the run mid-way.
 RESUMABLE = [
@@ -106,8 +106,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
 
     # The same checkpoint tested in this single process gives the same per-layer accuracy.
-    from aligned.checkpoints import load_system, read_checkpoint
     from aligned.data.digits import DigitsDataModule
+    from aligned.training.checkpoints import load_system, read_checkpoint
 
     system = load_system(read_checkpoint(results["checkpoint"]))
     data = DigitsDataModule()

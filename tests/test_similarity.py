@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aligned import similarity
-from aligned.config import ConfigError
-from aligned.similarity import (
+from aligned.analysis import similarity
+from aligned.analysis.similarity import (
     CosAccumulator,
     MinibatchCKA,
     cos_similarity,
@@ -19,6 +18,7 @@ from aligned.similarity import (
     rbf_cka,
     reduce_tokens,
 )
+from aligned.config import ConfigError
 
 
 def layered_features(num_layers: int, num_samples: int, dim: int, seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT, TINY
 
-from aligned.sweep_summary import SweepSummaryError, summarize_sweep
+from aligned.training.sweep_summary import SweepSummaryError, summarize_sweep
 
 
 def write_run(job_dir: Path, overrides: list[str] | None, test: list[float], val_final: float,
@@ -153,7 +153,7 @@ def test_a_failed_job_does_not_stop_the_sweep_nor_its_summary(tmp_path):
 
 def run_summary_command(sweep_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "aligned.sweep_summary", str(sweep_dir)],
+        [sys.executable, "-m", "aligned.training.sweep_summary", str(sweep_dir)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
 

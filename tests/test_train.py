@@ -15,8 +15,8 @@ from conftest import ROOT, TINY, compose_train
 from omegaconf import OmegaConf
 
 from aligned.config import ConfigError
-from aligned.system import LayerwiseClassifier
-from aligned.training import train
+from aligned.training.fit import train
+from aligned.training.system import LayerwiseClassifier
 
 RESULT_KEYS = {
     "model", "data", "loss", "seed", "num_layers", "layer_accuracy", "final_accuracy",

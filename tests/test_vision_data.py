@@ -23,7 +23,7 @@ from aligned.config import ConfigError
 from aligned.data import cifar
 from aligned.data.cifar import CIFARDataModule
 from aligned.data.imagenet import ImageFolderDataModule
-from aligned.training import train
+from aligned.training.fit import train
 
 # --- CIFAR's original files: Python 2 pickles of dicts, images as (n, 3072) uint8 rows -------
 

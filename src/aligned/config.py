@@ -11,6 +11,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from aligned.legacy import current_target
+
 
 class ConfigError(ValueError):
     """A configuration or input the user got wrong; the message says how to fix it."""
@@ -66,6 +68,7 @@ def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs:
     InterpolationResolutionError; both bury the one line the user needs under the config path.
     A ConfigError, or an exception of a type in ``surface``, is re-raised as it was raised.
     """
+    check_target_moved(node)
     try:
         return instantiate(node, **kwargs)
     except (InstantiationException, InterpolationResolutionError) as wrapped:
@@ -78,6 +81,16 @@ def build(node: Any, *, surface: tuple[type[BaseException], ...] = (), **kwargs:
         if unknown:
             raise ConfigError(unknown) from None
         raise
+
+
+def check_target_moved(node: Any) -> None:
+    """A config written for the layout before one package per concern (e.g. ``_target_:
+    aligned.backbones.timm_vit.TimmViT``) gets the target's new path instead of Hydra's
+    "Error locating target"."""
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if isinstance(target, str) and current_target(target) != target:
+        raise ConfigError(f"_target_ {target} has moved to {current_target(target)}; "
+                          "update the _target_ in your config.")
 
 
 def unknown_setting(node: Any, error: BaseException | None) -> str | None:

@@ -12,8 +12,15 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from aligned import plots
-from aligned.checkpoints import load_system, read_checkpoint
+from aligned.analysis import plots
+from aligned.analysis.layerwise_pass import (
+    ExitSignalCache,
+    LayerwiseOutputs,
+    collect_exit_signals,
+    run_layerwise_pass,
+    summarize,
+)
+from aligned.analysis.report import write_report
 from aligned.config import (
     ConfigError,
     build,
@@ -22,19 +29,17 @@ from aligned.config import (
     target_parameters,
     with_defaults,
 )
-from aligned.exit import EarlyExitClassifier
-from aligned.exit_rules import make_rule
-from aligned.exit_sweep import early_exit_summary, matched_comparison, operating_point, simulate
-from aligned.layerwise_pass import (
-    ExitSignalCache,
-    LayerwiseOutputs,
-    collect_exit_signals,
-    run_layerwise_pass,
-    summarize,
+from aligned.early_exit.inference import EarlyExitClassifier
+from aligned.early_exit.offline import (
+    early_exit_summary,
+    matched_comparison,
+    operating_point,
+    simulate,
 )
-from aligned.parameter_count import parameter_summary
-from aligned.report import write_report
-from aligned.system import LayerwiseClassifier, require_classifier
+from aligned.early_exit.parameter_count import parameter_summary
+from aligned.early_exit.rules import make_rule
+from aligned.training.checkpoints import load_system, read_checkpoint
+from aligned.training.system import LayerwiseClassifier, require_classifier
 
 SPLITS = ("val", "test")
 
@@ -249,7 +254,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_report(run_dir / "report.md", summaries, figure_paths,
                  evaluation.get("early_exit_matched"))
     if cfg.get("wandb"):
-        from aligned.wandb_evaluation import log_evaluation
+        from aligned.analysis.wandb_logging import log_evaluation
 
         log_evaluation(cfg, summaries, figure_paths, run_dir)
     return evaluation

@@ -12,17 +12,17 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
-from aligned.callbacks import EpochSeed, RunConfigInCheckpoint, TrainingTime
 from aligned.config import ConfigError, build
-from aligned.results import format_table, layer_values, write_results
-from aligned.resume import (
+from aligned.training.callbacks import EpochSeed, RunConfigInCheckpoint, TrainingTime
+from aligned.training.results import format_table, layer_values, write_results
+from aligned.training.resume import (
     RelocatableCheckpoint,
     check_same_settings,
     keep_csv_history,
     resume_checkpoint,
     run_dir_of,
 )
-from aligned.system import LayerwiseClassifier, headline_key
+from aligned.training.system import LayerwiseClassifier, headline_key
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aligned.system import layer_key
+from aligned.training.system import layer_key
 
 
 def layer_values(

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aligned import analysis
+from aligned.analysis import readouts
+from aligned.analysis.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA, sample_cosine
 from aligned.config import ConfigError
-from aligned.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA, sample_cosine
-from aligned.system import LayerwiseClassifier, require_classifier, unpack
+from aligned.training.system import LayerwiseClassifier, require_classifier, unpack
 
 
 @dataclass
@@ -162,7 +162,7 @@ def summarize(
     outputs: LayerwiseOutputs, epsilon: float, monotone_tolerance: float
 ) -> dict[str, Any]:
     """The numbers of ``evaluation.json`` for one model."""
-    accuracy = analysis.layer_accuracy(outputs.predictions, outputs.labels)
+    accuracy = readouts.layer_accuracy(outputs.predictions, outputs.labels)
     cos_to_last = outputs.cos[:, -1]
     mean_confidence = outputs.confidences.mean(0)
     return {
@@ -172,16 +172,16 @@ def summarize(
         "similarity": {"cos": outputs.cos.tolist(), "cka": outputs.cka.tolist()},
         "cos_to_last": cos_to_last.tolist(),
         "mean_confidence": mean_confidence.tolist(),
-        "cos_confidence_correlation": analysis.correlation(cos_to_last, mean_confidence),
-        "cos_cka_correlation": analysis.correlation(
-            analysis.offdiagonal(outputs.cos), analysis.offdiagonal(outputs.cka)
+        "cos_confidence_correlation": readouts.correlation(cos_to_last, mean_confidence),
+        "cos_cka_correlation": readouts.correlation(
+            readouts.offdiagonal(outputs.cos), readouts.offdiagonal(outputs.cka)
         ),
-        "saturation": analysis.saturation_summary(outputs.predictions),
+        "saturation": readouts.saturation_summary(outputs.predictions),
         "minimal_depth": {
-            "epsilon": epsilon, "layer": analysis.minimal_depth(accuracy, epsilon)
+            "epsilon": epsilon, "layer": readouts.minimal_depth(accuracy, epsilon)
         },
         "monotone": {
             "tolerance": monotone_tolerance,
-            "value": analysis.is_monotone(accuracy, monotone_tolerance),
+            "value": readouts.is_monotone(accuracy, monotone_tolerance),
         },
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from aligned.loggers import wandb_logged_in
+from aligned.training.loggers import wandb_logged_in
 
 
 def log_evaluation(

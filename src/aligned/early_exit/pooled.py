@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 
-from aligned.backbones.base import BlockState
 from aligned.config import positive_int
-from aligned.exit import run_layer
-from aligned.exit_rules import (
+from aligned.early_exit.layer_step import run_layer
+from aligned.early_exit.rules import (
     Exited,
     ExitResult,
     ExitRule,
@@ -33,7 +32,8 @@ from aligned.exit_rules import (
     layer_exits,
     split_rows,
 )
-from aligned.system import LayerwiseClassifier, require_classifier
+from aligned.models.backbones.base import BlockState
+from aligned.training.system import LayerwiseClassifier, require_classifier
 
 
 @dataclass

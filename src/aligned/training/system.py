@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from aligned.config import ConfigError, TrainingDiverged, build
-from aligned.metrics import METRIC_KEYS, build_metric, metric_input
-from aligned.optim import adamw_with_warmup_cosine
+from aligned.training.metrics import METRIC_KEYS, build_metric, metric_input
+from aligned.training.optim import adamw_with_warmup_cosine
 
 SPLITS = ("val", "test")
 

@@ -2,7 +2,7 @@
 mean ± std over seeds of each layer's test accuracy and of the final val/test accuracy.
 
     python train.py -m loss=standard,aligned,multiexit seed=0,1,2   # summary written at the end
-    python -m aligned.sweep_summary multirun/<date_time>             # (re)write it for any sweep
+    python -m aligned.training.sweep_summary multirun/<date_time>   # (re)write it for any sweep
 
 Writes ``summary.csv`` (fractions, one row per configuration) and ``summary.md`` (a table in %)
 at the sweep root. Layers are numbered 1..L as in ``results.json``.
@@ -220,7 +220,7 @@ def print_written(sweep_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m aligned.sweep_summary",
+        prog="python -m aligned.training.sweep_summary",
         description="Summarise a Hydra multirun of train.py: mean ± std over seeds per config.",
     )
     parser.add_argument("sweep_dir", type=Path, help="e.g. multirun/2025-01-31_12-00-00")

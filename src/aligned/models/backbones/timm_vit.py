@@ -8,8 +8,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from aligned.backbones.base import BlockState, LayerwiseBackbone
 from aligned.config import ConfigError
+from aligned.models.backbones.base import BlockState, LayerwiseBackbone
 
 
 class TimmViT(LayerwiseBackbone):

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 
 from aligned.config import ConfigError
-from aligned.system import LayerwiseClassifier
+from aligned.legacy import upgrade_targets
+from aligned.training.system import LayerwiseClassifier
 
-TIMM_TARGET = "aligned.backbones.timm_vit.TimmViT"
-HF_TARGET = "aligned.backbones.hf_encoder.HFEncoder"
+TIMM_TARGET = "aligned.models.backbones.timm_vit.TimmViT"
+HF_TARGET = "aligned.models.backbones.hf_encoder.HFEncoder"
 
 
 def read_checkpoint(
@@ -39,6 +40,9 @@ def read_checkpoint(
         raise ConfigError(
             f"'{path}' is not a checkpoint written by aligned's train.py (it has no run config)."
         )
+    # A checkpoint from before the package layout names the old modules in its targets.
+    for key in ("hyper_parameters", "run_config"):
+        checkpoint[key] = upgrade_targets(checkpoint.get(key))
     return checkpoint
 
 

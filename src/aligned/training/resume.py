@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from aligned.checkpoints import read_checkpoint
 from aligned.config import ConfigError, with_defaults
+from aligned.training.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ TRAINED_SECTIONS = ("model", "data", "loss", "optim", "seed")
 # Keys within them that only say where things are, how they are loaded or how val/test batch.
 IGNORED_KEYS = {"data_dir", "num_workers", "pin_memory", "persistent_workers",
                 "checkpoint_path", "name_or_path", "tokenizer", "pretrained", "eval_batch_size"}
-OPTIMISER = "aligned.optim.adamw_with_warmup_cosine"  # what LayerwiseClassifier calls with optim
+# What LayerwiseClassifier calls with optim.
+OPTIMISER = "aligned.training.optim.adamw_with_warmup_cosine"
 # Trainer settings that change the total step count the LR schedule is laid over.
 SCHEDULE_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches",
                  "devices", "num_nodes")

@@ -3,12 +3,12 @@
 Blocks run one at a time; after each, the rule decides which samples exit, and those rows are
 dropped from the batch, so later blocks compute the survivors only. Any batch size works
 (batch 1 included). Decisions go through the same loop as the offline simulation
-(``aligned.exit_rules.exit_layer_by_layer``), so the two agree except where float round-off
+(``aligned.early_exit.rules.exit_layer_by_layer``), so the two agree except where float round-off
 moves a value across a threshold: a block run on a subset of the batch is the same computation
 per sample, but matrix kernels may sum in another order for another batch shape (~1e-7 in
 float32; in float64 the agreement is exact in practice, which is how the tests check it).
 
-    from aligned.exit import load_early_exit
+    from aligned.early_exit.inference import load_early_exit
     classifier = load_early_exit("run/checkpoints/last.ckpt", "confidence", 0.9)
     result = classifier(images)     # result.predictions (B,), result.exit_layers (B,) in 1..L
     result, labels = classifier.predict(loader, pool_size=64)   # survivors pooled across batches
@@ -22,11 +22,17 @@ from typing import Any
 
 import torch
 
-from aligned.backbones.base import BlockState
-from aligned.checkpoints import load_system, read_checkpoint
-from aligned.exit_rules import ExitResult, ExitRule, LayerSignals, exit_layer_by_layer, make_rule
-from aligned.similarity import sample_cosine
-from aligned.system import LayerwiseClassifier, require_classifier, unpack
+from aligned.early_exit.layer_step import run_layer
+from aligned.early_exit.pooled import PooledEarlyExit
+from aligned.early_exit.rules import (
+    ExitResult,
+    ExitRule,
+    LayerSignals,
+    exit_layer_by_layer,
+    make_rule,
+)
+from aligned.training.checkpoints import load_system, read_checkpoint
+from aligned.training.system import LayerwiseClassifier, require_classifier, unpack
 
 
 def batch_size_of(inputs: Any) -> int:
@@ -83,7 +89,7 @@ class EarlyExitClassifier:
         """The early-exit result over a whole loader (CPU tensors) and its labels.
 
         ``pool_size``: None runs each batch on its own; a number pools the survivors of
-        successive batches per layer until that many are pending (``aligned.exit_pooled``).
+        successive batches per layer until that many are pending (``aligned.early_exit.pooled``).
         """
         labels = []
 
@@ -94,8 +100,6 @@ class EarlyExitClassifier:
                 yield inputs
 
         if pool_size is not None:
-            from aligned.exit_pooled import PooledEarlyExit  # it builds on run_layer below
-
             result = PooledEarlyExit(self.system, self.rule, pool_size).run(inputs_of_batches())
         else:
             with torch.inference_mode():  # cat copies out normal tensors, so no copy per batch
@@ -104,29 +108,6 @@ class EarlyExitClassifier:
         if not labels:  # no batches
             raise ValueError("The dataloader gave no batches.")
         return ExitResult(result.predictions.cpu(), result.exit_layers.cpu()), torch.cat(labels)
-
-
-def run_layer(
-    system: LayerwiseClassifier, rule: ExitRule, layer: int, state: BlockState,
-    previous: torch.Tensor | None,
-) -> tuple[BlockState, LayerSignals, torch.Tensor | None]:
-    """Block ``layer`` on ``state`` and what ``rule`` sees after it: the layer's logits
-    (computed on first use), and for rules that read it the cosine to ``previous`` (NaN without
-    one). Returns the new state, the signals, and what the next layer's cosine compares with:
-    this layer's features (B, D) in float64, or None when the rule reads no cosine."""
-    backbone = system.backbone
-    state = backbone.run_block(layer, state)
-    features = backbone.read(state)  # (B, D)
-
-    def logits() -> torch.Tensor:  # (B, C), computed when the rule or an exit needs them
-        return system.objective.logits_at(layer, features, backbone.head)
-
-    if not rule.reads_cosine:
-        return state, LayerSignals(logits), None
-    current = features.to(torch.float64)  # sample_cosine's precision, converted once per layer
-    cosine = (sample_cosine(previous, current) if previous is not None
-              else torch.full((len(current),), torch.nan, device=current.device))
-    return state, LayerSignals(logits, cosine), current
 
 
 def load_early_exit(ckpt_path: str | Path, rule: str | ExitRule,

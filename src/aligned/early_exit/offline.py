@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from aligned.exit_rules import RULES, ExitResult, ExitRule, LayerSignals, exit_layer_by_layer
-from aligned.layerwise_pass import ExitSignalCache
+from aligned.analysis.layerwise_pass import ExitSignalCache
+from aligned.early_exit.rules import RULES, ExitResult, ExitRule, LayerSignals, exit_layer_by_layer
 
 FLOPS_NOTE = (
     "relative FLOPs = mean exit layer / L (fraction of blocks run; embedding, per-layer read-out "

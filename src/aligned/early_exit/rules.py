@@ -3,10 +3,10 @@
 After layer l (1..L) a rule looks at the surviving samples' ``LayerSignals`` (that layer's logits
 and the cosine between the features of layers l-1 and l) and says which of them exit; every
 sample exits at L at the latest. ``exit_layer_by_layer`` is the only place decisions are made:
-the offline simulation feeds it cached signals (``aligned.exit_sweep``), the real inference
-feeds it blocks run on the survivors only (``aligned.exit``), so the two cannot disagree in
-logic. Rules with memory (patience) keep one row of state per surviving sample, and the loop
-subsets that state together with the survivors.
+the offline simulation feeds it cached signals (``aligned.early_exit.offline``), the real
+inference feeds it blocks run on the survivors only (``aligned.early_exit.inference``), so the two
+cannot disagree in logic. Rules with memory (patience) keep one row of state per surviving
+sample, and the loop subsets that state together with the survivors.
 
 | rule | exits when | threshold grid |
 |---|---|---|

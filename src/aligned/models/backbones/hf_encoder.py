@@ -14,8 +14,8 @@ from transformers import (
 )
 from transformers.masking_utils import create_bidirectional_mask
 
-from aligned.backbones.base import BlockState, LayerwiseBackbone
 from aligned.config import ConfigError
+from aligned.models.backbones.base import BlockState, LayerwiseBackbone
 
 POOLINGS = ("cls", "mean")
 

@@ -1,0 +1,21 @@
+"""Early exit with the one shared head (METHOD.md §4): the exit rules and the one loop that
+applies them, offline sweeps over cached per-layer signals, real inference that runs later
+blocks on the survivors only (per batch or pooled across batches), and the parameters the shared
+head saves.
+
+    from aligned.early_exit import load_early_exit
+    classifier = load_early_exit("run/checkpoints/last.ckpt", "confidence", 0.9)
+    result = classifier(images)     # result.predictions (B,), result.exit_layers (B,) in 1..L
+"""
+
+from aligned.early_exit.inference import EarlyExitClassifier, load_early_exit
+from aligned.early_exit.offline import early_exit_summary, matched_comparison, simulate, sweep
+from aligned.early_exit.parameter_count import parameter_summary
+from aligned.early_exit.pooled import PooledEarlyExit
+from aligned.early_exit.rules import RULES, ExitResult, ExitRule, exit_layer_by_layer, make_rule
+
+__all__ = [
+    "RULES", "EarlyExitClassifier", "ExitResult", "ExitRule", "PooledEarlyExit",
+    "early_exit_summary", "exit_layer_by_layer", "load_early_exit", "make_rule",
+    "matched_comparison", "parameter_summary", "simulate", "sweep",
+]

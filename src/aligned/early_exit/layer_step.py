@@ -1,0 +1,34 @@
+"""One layer of early-exit inference, shared by per-batch (``inference``) and pooled
+(``pooled``) inference: run the block, and give the rule what it reads after it."""
+
+from __future__ import annotations
+
+import torch
+
+from aligned.analysis.similarity import sample_cosine
+from aligned.early_exit.rules import ExitRule, LayerSignals
+from aligned.models.backbones.base import BlockState
+from aligned.training.system import LayerwiseClassifier
+
+
+def run_layer(
+    system: LayerwiseClassifier, rule: ExitRule, layer: int, state: BlockState,
+    previous: torch.Tensor | None,
+) -> tuple[BlockState, LayerSignals, torch.Tensor | None]:
+    """Block ``layer`` on ``state`` and what ``rule`` sees after it: the layer's logits
+    (computed on first use), and for rules that read it the cosine to ``previous`` (NaN without
+    one). Returns the new state, the signals, and what the next layer's cosine compares with:
+    this layer's features (B, D) in float64, or None when the rule reads no cosine."""
+    backbone = system.backbone
+    state = backbone.run_block(layer, state)
+    features = backbone.read(state)  # (B, D)
+
+    def logits() -> torch.Tensor:  # (B, C), computed when the rule or an exit needs them
+        return system.objective.logits_at(layer, features, backbone.head)
+
+    if not rule.reads_cosine:
+        return state, LayerSignals(logits), None
+    current = features.to(torch.float64)  # sample_cosine's precision, converted once per layer
+    cosine = (sample_cosine(previous, current) if previous is not None
+              else torch.full((len(current),), torch.nan, device=current.device))
+    return state, LayerSignals(logits, cosine), current

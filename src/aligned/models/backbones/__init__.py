@@ -1,0 +1,22 @@
+"""Backbones: plain nn.Modules with one surface (see ``LayerwiseBackbone``).
+
+Each family lives in its own module and loads on first use, so that using a ViT never imports
+transformers: ``from aligned.models.backbones import TimmViT`` imports timm only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from aligned.models.backbones.base import BlockState, LayerwiseBackbone
+
+FAMILIES = {"TimmViT": "timm_vit", "HFEncoder": "hf_encoder"}  # class -> its module
+
+__all__ = ["BlockState", "LayerwiseBackbone", *FAMILIES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in FAMILIES:
+        return getattr(importlib.import_module(f"{__name__}.{FAMILIES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

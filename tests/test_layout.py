@@ -1,0 +1,131 @@
+"""The package layout: each package exports its public names, and checkpoints and configs written
+before the layout (their ``_target_`` strings name the old flat modules) still work."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from omegaconf import OmegaConf
+
+from aligned.config import ConfigError, build
+from aligned.legacy import MOVED_MODULES, current_target, upgrade_targets
+
+# Written by train.py at the last commit before the layout (7386527), with
+#   python train.py logger=none model.embed_dim=16 model.depth=2 model.num_heads=2
+#       trainer.max_epochs=2
+# Its results.json gave these test accuracies (56 and 53 of the 360 test images).
+OLD_CHECKPOINT = ROOT / "tests" / "fixtures" / "digits_vit_before_layout.ckpt"
+OLD_SETTINGS = ["logger=none", "model.embed_dim=16", "model.depth=2", "model.num_heads=2"]
+OLD_TEST_ACCURACY = [56 / 360, 53 / 360]
+OLD_TARGETS = {"aligned.backbones.timm_vit.TimmViT", "aligned.objectives.AlignedObjective"}
+
+PACKAGES = ("aligned.models", "aligned.data", "aligned.training", "aligned.analysis",
+            "aligned.early_exit")
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.mark.parametrize("package", [p for p in PACKAGES if p != "aligned.data"])
+def test_every_package_exports_what_its_all_names(package):
+    module = importlib.import_module(package)
+    assert module.__all__
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+def test_a_vit_never_imports_transformers():
+    code = ("import sys; from aligned.models import TimmViT, AlignedObjective; "
+            "print('transformers' in sys.modules)")  # (lightning itself imports it)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+
+
+def test_every_moved_module_maps_to_a_module_that_exists():
+    for new in MOVED_MODULES.values():
+        importlib.import_module(new)
+    assert current_target("aligned.backbones.timm_vit.TimmViT") == \
+        "aligned.models.backbones.timm_vit.TimmViT"
+    assert current_target("aligned.exit.load_early_exit") == \
+        "aligned.early_exit.inference.load_early_exit"
+    # Today's names stay as they are, also where an old module is now a package of that name.
+    for today in ("aligned.training.system.LayerwiseClassifier", "aligned.training.train",
+                  "aligned.analysis.linear_cka", "lightning.pytorch.Trainer"):
+        assert current_target(today) == today
+    assert current_target("aligned.analysis.offdiagonal") == \
+        "aligned.analysis.readouts.offdiagonal"  # old aligned/analysis.py, not exported
+
+
+def test_upgrade_targets_returns_a_new_config_and_leaves_the_input_alone():
+    old = {"model": {"_target_": "aligned.backbones.timm_vit.TimmViT", "depth": 2},
+           "list": [{"_target_": "aligned.objectives.StandardObjective"}], "seed": 0}
+    before = json.dumps(old)
+    new = upgrade_targets(old)
+    assert new["model"] == {"_target_": "aligned.models.backbones.timm_vit.TimmViT", "depth": 2}
+    assert new["list"][0]["_target_"] == "aligned.models.objectives.StandardObjective"
+    assert json.dumps(old) == before
+
+
+def test_a_config_naming_an_old_module_gets_its_new_path():
+    node = OmegaConf.create({"_target_": "aligned.objectives.AlignedObjective", "num_layers": 2})
+    with pytest.raises(ConfigError, match="moved to aligned.models.objectives.AlignedObjective"):
+        build(node)
+
+
+def test_the_old_checkpoint_really_names_the_old_modules():
+    stored = torch.load(OLD_CHECKPOINT, map_location="cpu", weights_only=False)
+    targets = {section.get("_target_") for section in stored["hyper_parameters"].values()
+               if isinstance(section, dict)}
+    assert targets >= OLD_TARGETS
+
+
+def test_a_checkpoint_from_before_the_layout_loads_and_evaluates(tmp_path):
+    from aligned.early_exit import load_early_exit
+    from aligned.training import load_system, read_checkpoint
+
+    system = load_system(read_checkpoint(OLD_CHECKPOINT))
+    assert type(system.backbone).__module__ == "aligned.models.backbones.timm_vit"
+    classifier = load_early_exit(OLD_CHECKPOINT, "confidence", 1.0)  # never exits early
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        expected = system(images)[-1].argmax(-1)  # the last layer's prediction
+    result = classifier(images)
+    np.testing.assert_array_equal(result.exit_layers, [2, 2, 2, 2])
+    np.testing.assert_array_equal(result.predictions, expected)
+
+    done = subprocess.run(
+        [sys.executable, "evaluate.py", f"ckpt_path={OLD_CHECKPOINT}",
+         f"hydra.run.dir={tmp_path}/evaluate"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
+    np.testing.assert_allclose(evaluation["layer_accuracy"], OLD_TEST_ACCURACY, atol=1e-6)
+
+
+def test_a_checkpoint_from_before_the_layout_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(OLD_CHECKPOINT, run_dir / "checkpoints" / "last.ckpt")
+    done = subprocess.run(
+        [sys.executable, "train.py", *OLD_SETTINGS, "trainer.max_epochs=3",
+         "+trainer.enable_progress_bar=false", f"resume={run_dir}",
+         f"hydra.run.dir={tmp_path}/session"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)
+    assert resumed["epoch"] == 2  # the old run's two epochs, then one more
+    assert resumed["hyper_parameters"]["model"]["_target_"] == \
+        "aligned.models.backbones.timm_vit.TimmViT"
+    assert json.loads((run_dir / "results.json").read_text())["num_layers"] == 2
