@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 import aligned.resolvers  # noqa: F401  (registers ${minilm_path:} etc. before Hydra composes)
 from aligned.config import ConfigError, user_message
-from aligned.training.fit import train
+from aligned.training import interruption, train
+from aligned.training.interruption import Interrupted, stop_on_signals
 
 log = logging.getLogger("train")
 
@@ -26,8 +27,17 @@ def main(cfg: DictConfig) -> float | None:
     # the summary of the finished ones (Hydra re-raises job errors before its end callbacks);
     # the summary lists the failed jobs and the sweep exits with 1.
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    stop_on_signals()
+    if interruption.received():  # an earlier job of this sweep was stopped: run no more
+        print(f"Not run: the sweep was {interruption.received()}.", file=sys.stderr)
+        return None
     try:
         results = train(cfg)
+    except Interrupted as stop:
+        print(stop.message(own_command()), file=sys.stderr)
+        if sweeping:
+            return None  # the summary of the finished jobs is written; the sweep exits non-zero
+        sys.exit(stop.exit_code)
     except ConfigError as error:
         print(f"Error: {user_message(error)}", file=sys.stderr)
         if sweeping:
@@ -38,7 +48,14 @@ def main(cfg: DictConfig) -> float | None:
             raise
         log.exception("This job failed; the sweep goes on.")
         return None
-    return results["final_accuracy"]["val"]
+    return results["final_accuracy"]["val"] if results else None  # None: fast_dev_run
+
+
+def own_command() -> str:
+    """This job's command line without what a resume sets itself."""
+    kept = [o for o in HydraConfig.get().overrides.task
+            if not o.lstrip("+~").startswith(("resume=", "overwrite=", "hydra."))]
+    return " ".join(["python train.py", *kept])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from aligned.analysis.layerwise_pass import collect_exit_signals
-from aligned.config import ConfigError
+from aligned.config import ConfigError, user_message
 from aligned.early_exit.inference import EarlyExitClassifier
 from aligned.early_exit.offline import early_exit_summary
 from aligned.early_exit.pooled import PooledEarlyExit
@@ -136,26 +136,53 @@ def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace) -> l
     return rows
 
 
-def main() -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def accuracy_drop(text: str) -> float:
+    """argparse type: a drop of accuracy as a fraction in [0, 1) (0.01 = one point)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a fraction of accuracy in [0, 1) (0.01 = one point), got '{text}'")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--compare-ckpt")
     parser.add_argument("--data-dir", help="override the checkpoint's data directory")
-    parser.add_argument("--max-drop", type=float, default=0.01)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--stream", type=int, default=1,
+    parser.add_argument("--max-drop", type=accuracy_drop, default=0.01,
+                        help="accuracy an operating point may lose on val, a fraction in [0, 1) "
+                             "(0.01 = one point)")
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64])
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--stream", type=positive_int, default=1,
                         help="also time pooled inference over the test set streamed this many "
                              "times (the final flush then comes once per that many passes)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (1: steadier timings on a shared machine)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     try:
         models = []
-        for path in filter(None, [args.ckpt, args.compare_ckpt]):
-            checkpoint = read_checkpoint(path)
+        for flag, path in (("--ckpt", args.ckpt), ("--compare-ckpt", args.compare_ckpt)):
+            if path is None:
+                continue
+            checkpoint = read_checkpoint(path, key=flag)
             models.append(LoadedCheckpoint(path, checkpoint["run_config"],
                                            load_system(checkpoint), {}, None))
         names = [m.run_config.get("names", {}).get("loss", "model") for m in models]
@@ -167,7 +194,8 @@ def main() -> None:
         rows = [row for model, name in zip(models, names, strict=True)
                 for row in benchmark(model, name, args)]
     except ConfigError as error:  # a missing or foreign checkpoint, a moved data directory
-        sys.exit(f"Error: {error}")
+        print(f"Error: {user_message(error)}", file=sys.stderr)  # as train.py and evaluate.py
+        sys.exit(2)
     # Measured speed-up per mode, and its ratio to the predicted L / mean exit layer.
     modes = [(f"bs{b}", f"measured_bs{b}") for b in args.batch_sizes]
     modes += [(f"bs{b} pooled", f"measured_bs{b}_pooled") for b in args.batch_sizes if b > 1]

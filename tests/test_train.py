@@ -88,7 +88,7 @@ def test_a_run_that_never_validated_evaluates_its_last_checkpoint(tiny_train_cfg
     assert Path(results["checkpoint"]).name == "last.ckpt"
     assert len(results["layer_accuracy"]["val"]) == 2
     with pytest.raises(ConfigError, match="Training ran no step"):
-        train(tiny_train_cfg("trainer.max_epochs=0"))
+        train(tiny_train_cfg("trainer.max_epochs=0", "overwrite=true"))
 
 
 def run_train_py(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -117,7 +117,7 @@ def test_train_py_end_to_end(tmp_path):
         ("trainer.accelerator=gpu", "The trainer settings do not fit this machine"),
         ("+data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
         ("optim.lr=-1", "optim.lr must be a positive number, got -1"),
-        ("optim.lr=abc", "optim.lr must be a positive number, got 'abc'"),
+        ("optim.lr=abc", "optim.lr must be a number, got 'abc'"),
         ("model.depth=0", "has no blocks; set model.depth >= 1"),
         ("model.patch_size=3", "Patches of 3 pixels do not tile images of 8"),
         ("+data.foo=1", "DigitsDataModule has no setting 'foo' (its settings: batch_size"),

@@ -4,7 +4,8 @@ and early exit (rules swept on val, operating points reported on test; METHOD.md
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from aligned.config import (
     target_parameters,
     with_defaults,
 )
+from aligned.data.split_overlap import check_split_overrides, training_overlap
 from aligned.early_exit.inference import EarlyExitClassifier
 from aligned.early_exit.offline import (
     early_exit_summary,
@@ -40,6 +42,9 @@ from aligned.early_exit.parameter_count import parameter_summary
 from aligned.early_exit.rules import make_rule
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.system import LayerwiseClassifier, require_classifier
+from aligned.typed_settings import EVALUATE_KEYS, check_settings
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
 
@@ -76,6 +81,7 @@ class LoadedCheckpoint:
     system: LayerwiseClassifier
     data_overrides: dict
     model_path: str | None
+    split_changes: dict = field(default_factory=dict)  # split settings changed by data.*
 
 
 def analyse_checkpoint(
@@ -91,9 +97,18 @@ def analyse_checkpoint(
         "names": run_config.get("names", {}),
         "seed": run_config.get("seed"),
         "split": cfg.split,
+        "data_overrides": {k: v for k, v in data_overrides.items() if v is not None},
         **summary,
         "parameters": parameter_summary(system.backbone),
     }
+    if loaded.split_changes:  # allowed by allow_other_split: say how far from honest it is
+        overlap = training_overlap(run_config["data"], summary["data_overrides"], cfg.split)
+        summary["split_overlap"] = overlap
+        if overlap["samples"] is not None:
+            log.warning("The %s split evaluated (%s) holds %d of %d samples the checkpoint "
+                        "trained on.", cfg.split, ", ".join(f"data.{k}={v}" for k, (_, v) in
+                                                           loaded.split_changes.items()),
+                        overlap["in_training_split"], overlap["samples"])
     early_exit = cfg.get("early_exit") or {}
     if early_exit.get("enabled", False):
         signals = {cfg.split: outputs.exit_signals()}
@@ -186,12 +201,13 @@ def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint, split: s
 
 
 def load_for_evaluation(
-    path: str, cfg: DictConfig, moved_from: str | None = None
+    path: str, cfg: DictConfig, moved_from: str | None = None, key: str = "ckpt_path"
 ) -> LoadedCheckpoint:
     """``model.name_or_path`` replaces the HF model path ``moved_from`` (that of ``ckpt_path``'s
     model; None: this is it) wherever the checkpoint stored it: its model and, when it followed
     the model, its tokenizer."""
-    checkpoint = read_checkpoint(path)  # the weights live on in the model only
+    # The weights live on in the model only.
+    checkpoint = read_checkpoint(path, key=key)  # ``key``: the setting that named it
     run_config = checkpoint["run_config"]
     data_overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     new_path = (cfg.get("model") or {}).get("name_or_path")
@@ -201,14 +217,17 @@ def load_for_evaluation(
         model_overrides["name_or_path"] = new_path  # load_system rejects it for a ViT
         if run_config["data"].get("tokenizer") == stored and not data_overrides.get("tokenizer"):
             data_overrides["tokenizer"] = new_path
+    changes = check_split_overrides(run_config["data"], data_overrides,
+                                    allowed=cfg.get("allow_other_split") is True)
     return LoadedCheckpoint(path, run_config, load_system(checkpoint, model_overrides),
-                            data_overrides, stored)
+                            data_overrides, stored, changes)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("Give the checkpoint to analyse: python evaluate.py "
                           "ckpt_path=<run dir>/checkpoints/last.ckpt")
+    check_settings(cfg, EVALUATE_KEYS, ())
     # Fractions of accuracy (0.01 = one point).
     number("early_exit.max_drop", (cfg.get("early_exit") or {}).get("max_drop", 0.01), 0, 1,
            high_open=True)
@@ -219,7 +238,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     paths = [cfg.ckpt_path] + ([cfg.compare_to] if cfg.get("compare_to") else [])
     loaded = [load_for_evaluation(paths[0], cfg)]
     if len(paths) > 1:
-        loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0].model_path))
+        loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0].model_path,
+                                          key="compare_to"))
         # The figures are on cfg.split; the matched early-exit comparison is on test.
         early_exit = (cfg.get("early_exit") or {}).get("enabled", False)  # as in the pass
         for split in {cfg.split, "test"} if early_exit else {cfg.split}:

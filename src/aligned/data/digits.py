@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
@@ -11,11 +13,12 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from aligned.config import ConfigError, positive_int
-from aligned.data.sampling import shuffling
+from aligned.data.sampling import shuffling, split_fraction
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
 IN_CHANS = 1
+NUM_IMAGES = 1797
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -54,8 +57,9 @@ class DigitsDataModule(L.LightningDataModule):
                 f"Digits has {NUM_CLASSES} classes and {IN_CHANS} channel; got "
                 f"data.num_classes={num_classes}, data.in_chans={in_chans}. Remove these overrides."
             )
-        if not 0 < val_fraction + test_fraction < 1:
-            raise ConfigError("data.val_fraction + data.test_fraction must be between 0 and 1.")
+        val_fraction = split_fraction("data.val_fraction", val_fraction)
+        test_fraction = split_fraction("data.test_fraction", test_fraction)
+        check_split_sizes(val_fraction, test_fraction)
         self.batch_size = positive_int("data.batch_size", batch_size)
         self.eval_batch_size = positive_int("data.eval_batch_size", eval_batch_size)
         self.val_fraction = val_fraction
@@ -88,10 +92,12 @@ class DigitsDataModule(L.LightningDataModule):
         mean, std = x[train].mean(), x[train].std()
         x = (x - mean) / std
         y = torch.from_numpy(labels)
-        self.splits = {
-            name: TensorDataset(x[idx], y[idx])
-            for name, idx in (("train", train), ("val", val), ("test", test))
-        }
+        self.indices = {"train": train, "val": val, "test": test}  # into load_digits()
+        self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in self.indices.items()}
+
+    def sample_ids(self, split: str) -> set[int]:
+        """Which of scikit-learn's 1,797 digits ``split`` holds (after ``setup``)."""
+        return {int(i) for i in self.indices[split]}
 
     def on_after_batch_transfer(self, batch: list, dataloader_idx: int) -> list:
         if self.trainer is not None and self.trainer.training and self.max_shift > 0:
@@ -108,6 +114,23 @@ class DigitsDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["test"], batch_size=self.eval_batch_size)
+
+
+def check_split_sizes(val_fraction: float, test_fraction: float) -> None:
+    """Every split must hold at least one image per class (the splits are stratified), counted
+    as ``train_test_split`` rounds: the held-out part of each cut is rounded up."""
+    test = math.ceil(test_fraction * NUM_IMAGES)
+    val = math.ceil(val_fraction / (1 - test_fraction) * (NUM_IMAGES - test))
+    sizes = {"train": NUM_IMAGES - test - val, "val": val, "test": test}
+    small = [split for split, size in sizes.items() if size < NUM_CLASSES]
+    if small:
+        counts = ", ".join(f"{split} {size}" for split, size in sizes.items())
+        raise ConfigError(
+            f"data.val_fraction={val_fraction:g} and data.test_fraction={test_fraction:g} split "
+            f"the {NUM_IMAGES} digits into {counts} images; every split needs at least "
+            f"{NUM_CLASSES} (one per class). Choose fractions of at least 0.01 that sum to at "
+            "most 0.9."
+        )
 
 
 def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:

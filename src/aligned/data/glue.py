@@ -7,6 +7,8 @@ Registers the OmegaConf resolver ``${glue_num_labels:<task>}`` on import (the da
 from __future__ import annotations
 
 import csv
+import math
+import numbers
 import os
 import socket
 import threading
@@ -137,19 +139,27 @@ def read_tsv(path: Path, task: GlueTask) -> Examples:
         rows = csv.DictReader(
             file, fieldnames=task.header, delimiter="\t", quoting=csv.QUOTE_NONE
         )
-        missing = [column for column in columns if column not in (rows.fieldnames or [])]
-        if missing:
+        try:
+            missing = [column for column in columns if column not in (rows.fieldnames or [])]
+            if missing:
+                raise ConfigError(
+                    f"{path} has no column {missing} ({task.name} expects {columns}); "
+                    f"the header is {rows.fieldnames}."
+                )
+            for row in rows:
+                values = [row[column] for column in columns]
+                if None in values or not values[-1]:
+                    continue
+                for text, value in zip(texts, values[:-1], strict=True):
+                    text.append(value)
+                labels.append(_label_id(task, values[-1], f"{path}, line {rows.line_num}"))
+        except UnicodeDecodeError:
+            raise ConfigError(_not_utf8(path, task)) from None
+        except csv.Error as error:  # e.g. a field over csv's size limit: not a GLUE TSV
             raise ConfigError(
-                f"{path} has no column {missing} ({task.name} expects {columns}); "
-                f"the header is {rows.fieldnames}."
-            )
-        for row in rows:
-            values = [row[column] for column in columns]
-            if None in values or not values[-1]:
-                continue
-            for text, value in zip(texts, values[:-1], strict=True):
-                text.append(value)
-            labels.append(_label_id(task, values[-1], path))
+                f"{path}, line {rows.line_num + 1}: {error}. It is not a {task.name} file in "
+                "GLUE's TSV layout; download it again."
+            ) from None
     if not labels:  # e.g. a header-less task's file with a header, or a header alone
         layout = (f"tab-separated fields {list(task.header)}, no header line" if task.header
                   else f"a header naming {columns}, then tab-separated rows")
@@ -157,14 +167,38 @@ def read_tsv(path: Path, task: GlueTask) -> Examples:
     return Examples(texts[0], texts[1] if len(texts) > 1 else None, labels)
 
 
-def _label_id(task: GlueTask, value: str, path: Path) -> int | float:
+def _label_id(task: GlueTask, value: str, where: str) -> int | float:
+    """The label id (the score for STS-B) of ``value``; ``where``: the file and line."""
     if task.num_classes == 1:
-        return float(value)
+        try:
+            score = float(value)
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise ConfigError(f"{where}: the {task.name} score '{value}' is not a number; "
+                              f"the {task.label_column} column holds similarity scores 0-5.")
+        return score
     if value in task.label_names:
         return task.label_names.index(value)
     if value.isdigit() and int(value) < task.num_classes and not task.label_names:
         return int(value)
-    raise ConfigError(f"{path}: unexpected {task.name} label '{value}'.")
+    expected = task.label_names or tuple(str(i) for i in range(task.num_classes))
+    raise ConfigError(f"{where}: unexpected {task.name} label '{value}'; "
+                      f"the {task.label_column} column holds {', '.join(expected)}.")
+
+
+def _not_utf8(path: Path, task: GlueTask) -> str:
+    """The message for a file that does not decode as UTF-8, naming the line of the first bad
+    byte (the file is read again, as bytes, only to find it)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        where = f" (line {line} has the byte {data[error.start]:#04x})"
+    return (f"{path} is not UTF-8 text{where}; GLUE's {task.name} files are UTF-8 TSV. "
+            "Download the file again, or convert it (iconv -f <its encoding> -t utf-8).")
 
 
 class _HubUnavailable(Exception):
@@ -358,14 +392,16 @@ class GlueDataModule(L.LightningDataModule):
                 f"GLUE {self.spec.name} has num_classes={self.spec.num_classes}, got "
                 f"data.num_classes={num_classes}. Use ${{glue_num_labels:${{data.task}}}}."
             )
-        if train_subset is not None and train_subset < 1:
-            raise ConfigError(f"data.train_subset must be positive or null, got {train_subset}.")
+        if train_subset is not None and (isinstance(train_subset, bool) or not isinstance(
+                train_subset, numbers.Integral) or train_subset < 1):
+            raise ConfigError(f"data.train_subset is a number of training examples, a positive "
+                              f"integer (or null for all of them); got {train_subset!r}.")
         self.task = self.spec.name
         self.num_classes = self.spec.num_classes
         self.metrics = self.spec.metrics
         self.tokenizer_name = tokenizer  # a hub name or a local directory
         self.data_dir = Path(data_dir).expanduser().absolute() if data_dir else None
-        self.max_length = max_length
+        self.max_length = positive_int("data.max_length", max_length)
         self.batch_size = positive_int("data.batch_size", batch_size)
         self.train_subset = train_subset
         self.subset_seed = subset_seed

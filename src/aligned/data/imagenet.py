@@ -21,7 +21,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
 from aligned.config import ConfigError, positive_int
-from aligned.data.sampling import shuffling
+from aligned.data.sampling import shuffling, split_fraction
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -75,6 +75,15 @@ def holdout_indices(
         )
     order = np.random.default_rng(seed).permutation(num_items)
     return np.sort(order[val_size:]), np.sort(order[:val_size])
+
+
+def holdout_sample_ids(splits: dict[str, Dataset], split: str) -> set[tuple[str, int]]:
+    """Which images ``split`` holds, as (source, index): train and val are parts of the
+    training set (``TransformedSubset``), test is a set of its own."""
+    dataset = splits[split]
+    if isinstance(dataset, TransformedSubset):
+        return {("train", int(i)) for i in dataset.indices}
+    return {("test", i) for i in range(len(dataset))}
 
 
 class TransformedSubset(Dataset):
@@ -156,8 +165,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         super().__init__()
         if in_chans != 3:
             raise ConfigError(f"Images load as RGB (3 channels); got data.in_chans={in_chans}.")
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be between 0 and 1; got {val_fraction}.")
+        val_fraction = split_fraction("data.val_fraction", val_fraction)
         if timm_model is None:
             size = image_size or DEFAULT_IMAGE_SIZE
             self.data_config = resolve_data_config({"input_size": (3, size, size)})
@@ -221,6 +229,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             "val": TransformedSubset(train_images, val, eval_tf),
             "test": self.image_folder("val", transform=eval_tf),
         }
+
+    def sample_ids(self, split: str) -> set[tuple[str, int]]:
+        """Which images ``split`` holds (after ``setup``)."""
+        return holdout_sample_ids(self.splits, split)
 
     def image_folder(self, split: str, transform: Any = None) -> ImageFolder:
         try:

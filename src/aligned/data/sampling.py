@@ -1,13 +1,17 @@
 """A shuffling sampler whose order depends only on (seed, epoch), so a resumed run sees the
-same batches as an uninterrupted one."""
+same batches as an uninterrupted one; and the check of a configured split fraction."""
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 from torch.utils.data import RandomSampler
+
+from aligned.config import ConfigError
 
 
 class EpochShuffleSampler(RandomSampler):
@@ -47,3 +51,12 @@ def shuffling(dataset: Sized, shuffle: bool = True) -> dict:
         return {}
     sampler = EpochShuffleSampler(dataset)
     return {"sampler": sampler, "generator": sampler.generator}
+
+
+def split_fraction(key: str, value: Any) -> float:
+    """``value`` of config key ``key``, the fraction of a data set one split holds, as a float
+    in (0, 1): 0 would leave the split empty and 1 would leave nothing to train on."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ConfigError(f"{key} must be a fraction strictly between 0 and 1 (the share of the "
+                          f"images in that split), got {value!r}.")
+    return float(value)

@@ -16,12 +16,13 @@ float32; in float64 the agreement is exact in practice, which is how the tests c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aligned.config import ConfigError
 from aligned.early_exit.layer_step import run_layer
 from aligned.early_exit.pooled import PooledEarlyExit
 from aligned.early_exit.rules import (
@@ -29,16 +30,53 @@ from aligned.early_exit.rules import (
     ExitRule,
     LayerSignals,
     exit_layer_by_layer,
+    gather_exits,
     make_rule,
 )
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.system import LayerwiseClassifier, require_classifier, unpack
 
+PREDICT_READS = (
+    "predict() reads a data loader (or any iterable) of labelled batches: (inputs, labels) "
+    "pairs as the image data modules give, or dicts of tokenised inputs with 'labels' as GLUE "
+    "gives"
+)
 
-def batch_size_of(inputs: Any) -> int:
-    if isinstance(inputs, torch.Tensor):
-        return len(inputs)
-    return len(inputs["input_ids"])
+
+def inputs_and_labels(batch: Any) -> tuple[Any, torch.Tensor]:
+    """(inputs, labels) of one loader batch, or one clear error for anything else (a bare
+    tensor of two images would otherwise unpack into one image and one "label")."""
+    if isinstance(batch, Mapping):
+        problem = None if "labels" in batch else "a dict without 'labels'"
+    elif isinstance(batch, (tuple, list)):
+        problem = None if len(batch) == 2 else f"a {type(batch).__name__} of {len(batch)} items"
+    elif isinstance(batch, torch.Tensor):
+        problem = f"a bare tensor of shape {tuple(batch.shape)}"
+    else:
+        problem = f"a {type(batch).__name__}"
+    if problem is None:
+        inputs, labels = unpack(batch)
+        size = batch_size_of(inputs)
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or (
+                size is not None and len(labels) != size):
+            labels_are = (f"of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor)
+                          else f"a {type(labels).__name__}")
+            problem = (f"inputs with labels {labels_are} for {size} samples (labels are a 1-D "
+                       "tensor, one per sample)")
+    if problem is not None:
+        raise ConfigError(
+            f"{PREDICT_READS}; one batch is {problem}. For inputs without labels, call the "
+            "classifier itself: classifier(images) or classifier(tokenised)."
+        )
+    return inputs, labels
+
+
+def batch_size_of(inputs: Any) -> int | None:
+    """The number of samples in model inputs; None when they are neither an image tensor nor
+    a dict with input_ids (the backbone then says what it expects)."""
+    if isinstance(inputs, Mapping):
+        inputs = inputs.get("input_ids")
+    return len(inputs) if isinstance(inputs, torch.Tensor) and inputs.ndim else None
 
 
 class EarlyExitClassifier:
@@ -66,7 +104,10 @@ class EarlyExitClassifier:
     def _exit(self, inputs: Any) -> ExitResult:
         system, backbone = self.system, self.system.backbone
         inputs = system.transfer_batch_to_device(inputs, system.device, 0)
-        state = backbone.begin(inputs)
+        state = backbone.begin(inputs)  # checks the inputs, casts float images to the model's
+        size = len(state.tokens)
+        if size == 0:  # an empty batch: nothing to run (BERT's blocks cannot take one)
+            return gather_exits([], 0, system.device)
         previous = None  # the survivors' float64 features after the last block (B, D), if read
 
         def signals_after(layer: int, keep: torch.Tensor | None, read: bool) -> LayerSignals | None:
@@ -80,8 +121,8 @@ class EarlyExitClassifier:
             state, signals, previous = run_layer(system, self.rule, layer, state, previous)
             return signals
 
-        return exit_layer_by_layer(self.rule, backbone.num_layers, batch_size_of(inputs),
-                                   signals_after, device=system.device)
+        return exit_layer_by_layer(self.rule, backbone.num_layers, size, signals_after,
+                                   device=system.device)
 
     def predict(
         self, dataloader: Iterable, pool_size: int | None = None
@@ -91,11 +132,14 @@ class EarlyExitClassifier:
         ``pool_size``: None runs each batch on its own; a number pools the survivors of
         successive batches per layer until that many are pending (``aligned.early_exit.pooled``).
         """
+        if isinstance(dataloader, (torch.Tensor, Mapping)):
+            raise ConfigError(f"{PREDICT_READS}; got one {type(dataloader).__name__}. For one "
+                              "batch of inputs, call the classifier itself: classifier(inputs).")
         labels = []
 
         def inputs_of_batches() -> Iterable[Any]:
             for batch in dataloader:
-                inputs, target = unpack(batch)
+                inputs, target = inputs_and_labels(batch)
                 labels.append(target)
                 yield inputs
 
@@ -106,7 +150,7 @@ class EarlyExitClassifier:
                 per_batch = [self._exit(inputs) for inputs in inputs_of_batches()]
             result = ExitResult.cat(per_batch) if per_batch else None
         if not labels:  # no batches
-            raise ValueError("The dataloader gave no batches.")
+            raise ConfigError("The dataloader gave no batches.")
         return ExitResult(result.predictions.cpu(), result.exit_layers.cpu()), torch.cat(labels)
 
 

@@ -72,8 +72,10 @@ class PooledEarlyExit:
         seen = 0
         for inputs in batches:
             inputs = system.transfer_batch_to_device(inputs, device, 0)
-            state = backbone.begin(inputs)
+            state = backbone.begin(inputs)  # checks the inputs, casts float images
             size = len(state.tokens)
+            if size == 0:  # an empty batch: nothing to queue
+                continue
             ids = torch.arange(seen, seen + size, device=device)
             seen += size
             self.queues[1].append(

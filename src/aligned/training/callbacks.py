@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -44,13 +45,19 @@ class TrainingTime(Callback):
     def __init__(self) -> None:
         self.before = 0.0  # from the checkpoint resumed
         self.start: float | None = None
+        self.trained = False  # a finished run "resumed" trains no step and adds no time
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.start = time.perf_counter()
 
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.trained = True
+
     @property
     def seconds(self) -> float:
-        return self.before + (time.perf_counter() - self.start if self.start is not None else 0.0)
+        if self.start is None or not self.trained:
+            return self.before
+        return self.before + time.perf_counter() - self.start
 
     def state_dict(self) -> dict:
         return {"seconds": self.seconds}

@@ -19,14 +19,18 @@ HF_TARGET = "aligned.models.backbones.hf_encoder.HFEncoder"
 
 
 def read_checkpoint(
-    path: str | Path, mmap: bool = False, hint: str = "Use last.ckpt or another epoch's file."
+    path: str | Path, mmap: bool = False, hint: str = "Use last.ckpt or another epoch's file.",
+    key: str = "ckpt_path",
 ) -> dict[str, Any]:
     """The checkpoint dict (on the CPU; with ``mmap``, its tensors stay on disk until used).
-    ``hint``: what to do instead when the file cannot be read."""
+    ``hint``: what to do instead when the file cannot be read; ``key``: the setting or flag
+    that named the file (``compare_to``, ``--ckpt``), for the messages."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(directory_message(path, key))
     if not path.is_file():
         raise ConfigError(
-            f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt "
+            f"Checkpoint '{path}' does not exist. Pass {key}=<run dir>/checkpoints/<file>.ckpt "
             "(the path is printed at the end of train.py and stored in results.json)."
         )
     try:
@@ -44,6 +48,26 @@ def read_checkpoint(
     for key in ("hyper_parameters", "run_config"):
         checkpoint[key] = upgrade_targets(checkpoint.get(key))
     return checkpoint
+
+
+def directory_message(path: Path, key: str = "ckpt_path") -> str:
+    """What to pass instead of a directory: the checkpoint a run directory (or its checkpoints/
+    folder) holds, last.ckpt where there is one."""
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = sorted(folder.glob("*.ckpt"))
+    if not found:
+        where = ("a run directory whose checkpoints/ holds no .ckpt file yet"
+                 if folder != path else "not a checkpoint file and holds no .ckpt file")
+        return (f"Checkpoint '{path}' is a directory, {where}. Pass the checkpoint file: "
+                f"{key}=<run dir>/checkpoints/last.ckpt (the path is printed at the end of "
+                "train.py and stored in results.json).")
+    chosen = folder / "last.ckpt" if (folder / "last.ckpt").is_file() else found[-1]
+    others = [p.name for p in found if p != chosen]
+    shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+    also = f" ({folder.name}/ also holds {shown})" if others else ""
+    kind = "a run directory" if folder != path else "a directory of checkpoints"
+    return (f"Checkpoint '{path}' is {kind}, not a checkpoint file; pass the file: "
+            f"{key}={chosen}{also}.")
 
 
 def load_system(

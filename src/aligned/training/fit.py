@@ -13,7 +13,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from aligned.config import ConfigError, build
+from aligned.training import run_directory
+from aligned.training.atomic_files import AtomicCheckpointIO
 from aligned.training.callbacks import EpochSeed, RunConfigInCheckpoint, TrainingTime
+from aligned.training.interruption import Interrupted
 from aligned.training.results import format_table, layer_values, write_results
 from aligned.training.resume import (
     RelocatableCheckpoint,
@@ -23,6 +26,7 @@ from aligned.training.resume import (
     run_dir_of,
 )
 from aligned.training.system import LayerwiseClassifier, headline_key
+from aligned.typed_settings import TRAIN_KEYS, check_seed, check_settings
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +35,35 @@ log = logging.getLogger(__name__)
 HARDWARE_WORDS = ("accelerator", "device", "gpu", "cuda", "mps", "tpu")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig) -> dict[str, Any] | None:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg.loss``; returns the results dict.
 
     With ``cfg.resume`` (a run directory or a checkpoint file) training continues from that
-    checkpoint and writes into the resumed run's directory.
+    checkpoint and writes into the resumed run's directory. None after
+    ``trainer.fast_dev_run``, which writes no results.
     """
+    check_settings(cfg, TRAIN_KEYS, ("model", "data", "loss", "optim", "trainer", "logger"))
+    check_seed(cfg)
     check_input_kinds(cfg)
     check_evaluation_batches(cfg)
     resume_from = resume_checkpoint(cfg.get("resume"))
-    resumed = check_same_settings(cfg, resume_from) if resume_from else None
     run_dir = run_dir_of(resume_from) if resume_from else Path(cfg.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_directory.claim(run_dir, resuming=resume_from is not None,
+                        overwrite=cfg.get("overwrite") is True)
+    try:
+        return train_in(cfg, run_dir, resume_from)
+    finally:
+        run_directory.release_all()  # the next job of a multirun may run in this process
+
+
+def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
+             ) -> dict[str, Any] | None:
+    """``train`` in ``run_dir``, which this process holds."""
+    resumed = check_same_settings(cfg, resume_from) if resume_from else None
+    # Where the resumed run stopped; the checkpoint itself loads again in fit(), so it is not
+    # held in memory meanwhile.
+    resumed_at = (resumed["epoch"], resumed["global_step"]) if resumed else None
+    del resumed
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)  # loggers interpolate ${run_dir}
     L.seed_everything(cfg.seed, workers=True)
@@ -77,6 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer: L.Trainer = build(
             cfg.trainer, surface=(MisconfigurationException,), default_root_dir=str(run_dir),
             logger=logger, callbacks=callbacks,
+            **({} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}),
         )
     except MisconfigurationException as error:
         hardware = any(word in str(error).lower() for word in HARDWARE_WORDS)
@@ -86,16 +108,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if hardware else f"Invalid trainer settings: {error}"
         ) from None
     if logger:
-        if resumed is not None:
-            keep_csv_history(logger, resumed["epoch"], resumed["global_step"])
+        if resumed_at is not None:
+            keep_csv_history(logger, *resumed_at)
         logger.log_hyperparams({"objective_extra_parameters": extra})
-    del resumed  # the weights load again in fit(); don't hold a second copy
 
+    fitted = False
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
+        fitted = True
+        if trainer.fast_dev_run:  # Lightning's smoke test: no checkpoint, nothing to test
+            print(f"trainer.fast_dev_run: {trainer.num_training_batches} training and "
+                  f"{sum(trainer.num_val_batches)} validation batch(es) ran; a smoke test "
+                  "saves no checkpoint and no results.json.")
+            return None
         train_time = timer.seconds
         best = best_checkpoint(checkpoint, latest)
         results = evaluate_best(trainer, system, datamodule, best, cfg, metrics, train_time)
+    except Interrupted as stop:  # say what is saved; train.py says how to resume
+        stop.run_dir = run_dir
+        stop.epoch = None if fitted else trainer.current_epoch + 1  # None: in the final tests
+        stop.saved = Path(latest.best_model_path or run_dir / "checkpoints/last.ckpt").is_file()
+        raise
     finally:
         finish_wandb(logger)
     if trainer.is_global_zero:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from aligned.training.atomic_files import write_atomically
 from aligned.training.system import layer_key
 
 
@@ -17,7 +18,8 @@ def layer_values(
 
 
 def write_results(path: Path, results: dict[str, Any]) -> None:
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    text = (json.dumps(results, indent=2) + "\n").encode()
+    write_atomically(path, lambda file: file.write(text), "results file")
 
 
 def format_table(results: dict[str, Any]) -> str:

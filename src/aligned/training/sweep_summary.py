@@ -22,6 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from aligned.training import interruption
+
 RESULTS_FILE = "results.json"
 CSV_FILE = "summary.csv"
 MARKDOWN_FILE = "summary.md"
@@ -203,13 +205,19 @@ class SweepSummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        stop = interruption.received()  # a signal stopped a job; train.py ran no later ones
         try:
             summarize_sweep(sweep_dir)
         except SweepSummaryError as error:  # the jobs' own errors were reported already
             print(f"No sweep summary: {error}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(stop.exit_code if stop else 1)
         print_written(sweep_dir)
-        if find_runs(sweep_dir)[1]:  # failed jobs (train.py let the others run): exit 1
+        unfinished = find_runs(sweep_dir)[1]
+        if stop:
+            names = ", ".join(str(path.relative_to(sweep_dir)) for path in unfinished)
+            print(f"The sweep was {stop}; jobs without results: {names}.", file=sys.stderr)
+            sys.exit(stop.exit_code)
+        if unfinished:  # failed jobs (train.py let the others run): exit 1
             sys.exit(1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -65,6 +66,9 @@ class HFEncoder(LayerwiseBackbone):
 
     def layer_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         # HF's own forward (golden-tested against its logits); the block path must equal it.
+        self.check_tokens(inputs)
+        inputs = {key: indices(value) if key in ("input_ids", "token_type_ids") else value
+                  for key, value in inputs.items()}  # a new dict: the caller's stays as it is
         hidden = self.model.bert(**inputs, output_hidden_states=True).hidden_states[1:]
         return self._pool(torch.stack(hidden), inputs["attention_mask"])  # (L, B, D)
 
@@ -79,15 +83,11 @@ class HFEncoder(LayerwiseBackbone):
         return pooler.activation(pooler.dense(tokens))
 
     def begin(self, inputs: dict[str, torch.Tensor]) -> BlockState:
-        if not isinstance(inputs, Mapping) or not isinstance(inputs.get("input_ids"), torch.Tensor):
-            raise ValueError(
-                "Expected tokenised text: a dict with input_ids (B, T) and attention_mask, as the "
-                "tokenizer returns with return_tensors='pt' (or a batch of the data module's "
-                f"loader); got a {type(inputs).__name__}."
-            )
+        self.check_tokens(inputs)
         bert = self.model.bert
         embedded = bert.embeddings(
-            input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"),
+            input_ids=indices(inputs["input_ids"]),
+            token_type_ids=indices(inputs.get("token_type_ids")),
             position_ids=inputs.get("position_ids"),
         )  # (B, T, D)
         mask = inputs.get("attention_mask")
@@ -98,6 +98,56 @@ class HFEncoder(LayerwiseBackbone):
             config=bert.config, inputs_embeds=embedded, attention_mask=mask
         )
         return BlockState(embedded, {"attention_mask": mask, "block_mask": block_mask})
+
+    def check_tokens(self, inputs: Any) -> None:
+        """One clear error for inputs the embeddings would reject from deep inside (or, for an
+        id past the vocabulary, with a device-side assert on a GPU)."""
+        if not isinstance(inputs, Mapping) or not isinstance(inputs.get("input_ids"), torch.Tensor):
+            raise ConfigError(
+                "Expected tokenised text: a dict with input_ids (B, T) and attention_mask, as the "
+                "tokenizer returns with return_tensors='pt' (or a batch of the data module's "
+                f"loader); got a {type(inputs).__name__}."
+            )
+        config = self.model.config
+        ids = inputs["input_ids"]
+        tokenise = "tokenise with the model's own tokenizer (return_tensors='pt')"
+        if ids.ndim != 2:
+            raise ConfigError(f"Expected input_ids of shape (B, T), got {tuple(ids.shape)}; "
+                              f"{tokenise}, which batches even one text.")
+        for key, limit, size in (("input_ids", config.vocab_size, "vocabulary size"),
+                                 ("token_type_ids", config.type_vocab_size, "type_vocab_size")):
+            values = inputs.get(key)
+            if values is None:
+                continue
+            if values.shape != ids.shape:
+                raise ConfigError(f"{key} has shape {tuple(values.shape)} but input_ids "
+                                  f"{tuple(ids.shape)}; they must match.")
+            integer = not (values.is_floating_point() or values.is_complex()
+                           or values.dtype == torch.bool)
+            if not integer:
+                raise ConfigError(f"{key} must be integer ids in [0, {limit}) (the model's {size} "
+                                  f"is {limit}), got {values.dtype}; {tokenise}.")
+            if ((values < 0) | (values >= limit)).any():  # one host sync
+                raise ConfigError(
+                    f"{key} must be ids in [0, {limit}) (the model's {size} is {limit}); "
+                    f"got ids from {int(values.min())} to {int(values.max())}. The text was "
+                    f"tokenised for another model: {tokenise}."
+                )
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.shape != ids.shape:
+            raise ConfigError(f"attention_mask has shape {tuple(mask.shape)} but input_ids "
+                              f"{tuple(ids.shape)}; they must match.")
+        if ids.shape[0] and not ids.shape[1]:
+            raise ConfigError(f"input_ids has no tokens (shape {tuple(ids.shape)}); every "
+                              "sequence holds at least the tokenizer's [CLS] and [SEP].")
+        positions = config.max_position_embeddings
+        absolute = getattr(config, "position_embedding_type", "absolute") == "absolute"
+        if absolute and ids.shape[1] > positions:
+            raise ConfigError(
+                f"Sequences of {ids.shape[1]} tokens are longer than the model's "
+                f"max_position_embeddings={positions}; truncate them (data.max_length <= "
+                f"{positions}, or truncation=True, max_length={positions} in the tokenizer)."
+            )
 
     def merge_states(self, states: list[BlockState]) -> BlockState:
         """Batches padded to different lengths: pad every state to the longest (masked), and
@@ -122,6 +172,13 @@ class HFEncoder(LayerwiseBackbone):
 
     def head_parameters(self) -> int:
         return sum(p.numel() for p in self.model.classifier.parameters())
+
+
+def indices(values: torch.Tensor | None) -> torch.Tensor | None:
+    """Integer ids as an embedding takes them: int32 or int64 (uint8 or int16 ids are cast)."""
+    if values is None or values.dtype in (torch.int32, torch.int64):
+        return values
+    return values.long()
 
 
 def pad_tokens(values: torch.Tensor, length: int) -> torch.Tensor:

@@ -8,8 +8,13 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from aligned.config import ConfigError
+from aligned.config import ConfigError, number
 from aligned.models.backbones.base import BlockState, LayerwiseBackbone
+
+# timm's dropout settings: probabilities (drop_path_rate: of skipping a block), checked here
+# because timm only fails on them in the first training step.
+DROP_RATES = ("drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate",
+              "attn_drop_rate", "drop_path_rate")
 
 
 class TimmViT(LayerwiseBackbone):
@@ -43,6 +48,9 @@ class TimmViT(LayerwiseBackbone):
                 "timm.list_models('vit_*') or timm.list_models('deit_*'), "
                 "e.g. vit_small_patch16_224."
             )
+        for key in DROP_RATES:
+            if key in timm_kwargs:
+                timm_kwargs[key] = number(f"model.{key}", timm_kwargs[key], 0, 1, high_open=True)
         if img_size is not None:
             timm_kwargs["img_size"] = img_size
         if checkpoint_path is not None:
@@ -101,18 +109,34 @@ class TimmViT(LayerwiseBackbone):
 
     def begin(self, images: torch.Tensor) -> BlockState:
         self.check_images(images)
-        return BlockState(self.embed(images))
+        # Float images of another precision (float64 from numpy, float16) are cast to the
+        # weights' dtype, as the layers would need; a new tensor, the caller's stays as it is.
+        dtype = next(self.model.patch_embed.parameters()).dtype
+        return BlockState(self.embed(images.to(dtype)))
+
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) the model reads, or None when it takes any size (dynamic_img_size/pad)."""
+        embed = self.model.patch_embed
+        flexible = getattr(embed, "dynamic_img_size", False) or getattr(embed, "dynamic_img_pad",
+                                                                        False)
+        return None if flexible or embed.img_size is None else tuple(embed.img_size)
 
     def check_images(self, images: Any) -> None:
         """One clear error for inputs the patch embedding would reject from deep inside."""
         if not isinstance(images, torch.Tensor):
-            raise ValueError(f"Expected an image tensor (B, C, H, W), got a {type(images).__name__}"
-                             " (from a loader batch (images, labels), pass the images).")
-        if images.ndim != 4 or images.shape[1] != self.in_chans or not images.is_floating_point():
-            raise ValueError(
-                f"Expected float images (B, {self.in_chans}, H, W), preprocessed as the data "
-                f"module does (a batch of its test_dataloader()); got {tuple(images.shape)} "
-                f"{images.dtype}."
+            raise ConfigError(
+                f"Expected an image tensor (B, C, H, W), got a {type(images).__name__} (from a "
+                "loader batch (images, labels), pass the images).")
+        size = self.image_size()
+        wrong_size = size is not None and tuple(images.shape[2:]) != size
+        if (images.ndim != 4 or images.shape[1] != self.in_chans or wrong_size
+                or not images.is_floating_point()):
+            built_for = (f" = (B, {self.in_chans}, {size[0]}, {size[1]}), the size the model "
+                         "was built for (model.img_size)" if size else "")
+            raise ConfigError(
+                f"Expected float images (B, {self.in_chans}, H, W){built_for}, preprocessed as "
+                "the data module does (a batch of its test_dataloader()); got "
+                f"{tuple(images.shape)} {images.dtype}."
             )
 
     def run_block(self, layer: int, state: BlockState) -> BlockState:
