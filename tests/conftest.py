@@ -41,6 +41,17 @@ def compose_train(overrides: list[str], run_dir: Path) -> DictConfig:
     return cfg
 
 
+def compose_evaluate(overrides: list[str], run_dir: Path) -> DictConfig:
+    """The real ``conf/evaluate.yaml`` with overrides, as ``evaluate.py`` would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return cfg
+
+
 @pytest.fixture
 def tiny_train_cfg(tmp_path: Path):
     def make(*overrides: str) -> DictConfig:

@@ -13,11 +13,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, compose_evaluate, compose_train
 from omegaconf import OmegaConf
 
 from aligned.config import ConfigError, build
+from aligned.evaluation import evaluate
 from aligned.legacy import MOVED_MODULES, current_target, upgrade_targets
+from aligned.training import train
 
 # Written by train.py at the last commit before the layout (7386527), with
 #   python train.py logger=none model.embed_dim=16 model.depth=2 model.num_heads=2
@@ -104,25 +106,18 @@ def test_a_checkpoint_from_before_the_layout_loads_and_evaluates(tmp_path):
     np.testing.assert_array_equal(result.exit_layers, [2, 2, 2, 2])
     np.testing.assert_array_equal(result.predictions, expected)
 
-    done = subprocess.run(
-        [sys.executable, "evaluate.py", f"ckpt_path={OLD_CHECKPOINT}",
-         f"hydra.run.dir={tmp_path}/evaluate"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    evaluation = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
+    evaluation = evaluate(compose_evaluate([f"ckpt_path={OLD_CHECKPOINT}"], tmp_path / "eval"))
     np.testing.assert_allclose(evaluation["layer_accuracy"], OLD_TEST_ACCURACY, atol=1e-6)
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["layer_accuracy"] \
+        == evaluation["layer_accuracy"]
 
 
 def test_a_checkpoint_from_before_the_layout_resumes(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(OLD_CHECKPOINT, run_dir / "checkpoints" / "last.ckpt")
-    done = subprocess.run(
-        [sys.executable, "train.py", *OLD_SETTINGS, "trainer.max_epochs=3",
-         "+trainer.enable_progress_bar=false", f"resume={run_dir}",
-         f"hydra.run.dir={tmp_path}/session"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
-    assert done.returncode == 0, done.stderr[-3000:]
+    overrides = [*OLD_SETTINGS, "trainer.max_epochs=3", "+trainer.enable_progress_bar=false"]
+    train(compose_train([*overrides, f"resume={run_dir}"], tmp_path / "session"))
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                          weights_only=False)
     assert resumed["epoch"] == 2  # the old run's two epochs, then one more
