@@ -36,7 +36,7 @@ RUN_BRIEFLY = [
 ]
 TINY_TIMM = ["model.pretrained=false", "+model.depth=2", "+model.embed_dim=32",
              "+model.num_heads=2"]
-VISION = ["data.batch_size=4", "+data.num_workers=0"]
+VISION = ["data.batch_size=4", "data.num_workers=0"]
 
 
 def write_glue(root: Path) -> Path:

@@ -103,7 +103,7 @@ def test_the_lock_is_released_when_training_ends_and_ranks_above_zero_skip_it(tm
     ("seed=-1", r"seed must be an integer in \[0, 2\*\*32\), got -1."),
     ("trainer.max_epochs=two", "trainer.max_epochs must be an integer or null, got 'two'."),
     ("loss.weighting=[a,b]", r"loss.weighting must be a string or a list of numbers, got \['a'"),
-    ("+data.batch_size=8.5", "data.batch_size must be an integer, got 8.5."),
+    ("data.batch_size=8.5", "data.batch_size must be an integer, got 8.5."),
     ("+data.val_fraction=x", "data.val_fraction must be a number, got 'x'."),
     ("optim.lr=fast", "optim.lr must be a number, got 'fast'."),
     ("+trainer.enable_checkpointing=maybe", "trainer.enable_checkpointing must be true or"),
@@ -161,7 +161,7 @@ def test_sigterm_saves_says_how_to_resume_and_the_resumed_run_matches(tmp_path):
     message = process.stderr.read().strip().splitlines()[-1]
     assert message.startswith("Stopped by SIGTERM in epoch ")
     assert message.endswith(f"resume={run_dir}")
-    assert "Resume with: python train.py " in message and "+data.batch_size=8" in message
+    assert "Resume with: python train.py " in message and "data.batch_size=8" in message
     assert not (run_dir / "results.json").exists()
     assert not list((run_dir / "checkpoints").glob(".*partial"))
 
@@ -314,3 +314,38 @@ def test_a_missing_compare_to_names_compare_to(tmp_path):
     assert done.stderr.strip() == (
         "Error: Checkpoint '/nope.ckpt' does not exist. Pass compare_to=<run dir>/checkpoints/"
         "<file>.ckpt (the path is printed at the end of train.py and stored in results.json).")
+
+
+# ---------------------------------------------------------------- requeued jobs
+
+
+def test_resume_auto_starts_afresh_then_continues_in_the_same_directory(tiny_train_cfg):
+    first = train(tiny_train_cfg("resume=auto"))  # nothing to resume: a fresh run
+    run_dir = Path(first["checkpoint"]).parents[1]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    again = train(tiny_train_cfg("resume=auto", "trainer.max_epochs=2"))  # the requeued job
+    assert Path(again["checkpoint"]).parents[1] == run_dir
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
+def test_resume_auto_replaces_what_an_attempt_without_a_complete_epoch_left(tiny_train_cfg):
+    cfg = tiny_train_cfg("resume=auto")
+    (Path(cfg.run_dir) / "csv").mkdir(parents=True)
+    (Path(cfg.run_dir) / "csv" / "metrics.csv").write_text("epoch,step\n0,1\n")
+    results = train(cfg)
+    assert results["num_layers"] == 2
+
+
+def test_the_run_name_is_stable_within_a_slurm_job(monkeypatch):
+    from aligned import resolvers
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert resolvers.run_name() == f"{resolvers.STARTED}_{resolvers.RUN_ID}"
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert resolvers.run_name() == "slurm-4242"  # the same after a requeue
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "17")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert resolvers.run_name() == "slurm-17_3"
+    cfg = OmegaConf.create({"name": "${run_name:}"})
+    assert cfg.name == "slurm-17_3"

@@ -21,7 +21,7 @@ from aligned.training.callbacks import TrainingTime
 RESUMABLE = [
     *(o for o in TINY
       if not o.startswith(("+trainer.limit_train_batches", "trainer.max_epochs", "logger="))),
-    "+data.batch_size=8", "trainer.max_epochs=4", "+trainer.deterministic=true", "logger=csv",
+    "data.batch_size=8", "trainer.max_epochs=4", "+trainer.deterministic=true", "logger=csv",
 ]
 
 

@@ -115,7 +115,7 @@ def test_train_py_end_to_end(tmp_path):
         ("model.num_classes=5", "predicts 5 classes but the data has 10"),
         ("model=nonexistent", "Could not find 'model/nonexistent'"),
         ("trainer.accelerator=gpu", "The trainer settings do not fit this machine"),
-        ("+data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+        ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
         ("optim.lr=-1", "optim.lr must be a positive number, got -1"),
         ("optim.lr=abc", "optim.lr must be a number, got 'abc'"),
         ("model.depth=0", "has no blocks; set model.depth >= 1"),

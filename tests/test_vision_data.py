@@ -445,8 +445,8 @@ def test_wrong_layouts_are_one_clear_error(tmp_path, damage, message):
 
 def test_train_on_cifar10_config(cifar10_dir, tmp_path):
     root, _ = cifar10_dir
-    data = [f"data.data_dir={root}", "+data.val_size=10", "+data.batch_size=8",
-            "+data.num_workers=0"]
+    data = [f"data.data_dir={root}", "+data.val_size=10", "data.batch_size=8",
+            "data.num_workers=0"]
     cfg = compose_train([*TINY, "data=cifar10", *data], tmp_path / "run")
     results = train(cfg)
     assert results["data"] == "cifar10" and results["num_layers"] == 2
@@ -456,7 +456,7 @@ def test_train_on_cifar10_config(cifar10_dir, tmp_path):
 def test_train_on_imagenet_config_with_a_class_folder_tree(tmp_path):
     root = write_image_tree(tmp_path / "tree")
     data = [f"data.data_dir={root}", "data.num_classes=3", "data.image_size=32",
-            "+data.val_fraction=0.25", "+data.batch_size=4", "+data.num_workers=0"]
+            "+data.val_fraction=0.25", "data.batch_size=4", "data.num_workers=0"]
     cfg = compose_train([*TINY, "data=imagenet", *data], tmp_path / "run")
     results = train(cfg)
     assert results["data"] == "imagenet" and len(results["layer_accuracy"]["val"]) == 2

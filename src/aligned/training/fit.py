@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import get_class
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from aligned.config import ConfigError, build
@@ -19,6 +19,7 @@ from aligned.training.callbacks import EpochSeed, RunConfigInCheckpoint, Trainin
 from aligned.training.interruption import Interrupted
 from aligned.training.results import format_table, layer_values, write_results
 from aligned.training.resume import (
+    AUTO,
     RelocatableCheckpoint,
     check_same_settings,
     keep_csv_history,
@@ -46,10 +47,13 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     check_seed(cfg)
     check_input_kinds(cfg)
     check_evaluation_batches(cfg)
-    resume_from = resume_checkpoint(cfg.get("resume"))
+    resume_from = resume_checkpoint(cfg.get("resume"), cfg.run_dir)
     run_dir = run_dir_of(resume_from) if resume_from else Path(cfg.run_dir).resolve()
+    # resume=auto with nothing to resume (a requeued job stopped inside its first epoch) starts
+    # afresh over what that attempt left.
+    fresh_auto = cfg.get("resume") == AUTO and resume_from is None
     run_directory.claim(run_dir, resuming=resume_from is not None,
-                        overwrite=cfg.get("overwrite") is True)
+                        overwrite=cfg.get("overwrite") is True or fresh_auto)
     try:
         return train_in(cfg, run_dir, resume_from)
     finally:
@@ -93,7 +97,8 @@ def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
     )
     logger = build(cfg.logger) if cfg.get("logger") else False
     timer = TrainingTime()
-    callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed), timer]
+    callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed), timer,
+                 *user_callbacks(cfg, logger)]
     try:
         trainer: L.Trainer = build(
             cfg.trainer, surface=(MisconfigurationException,), default_root_dir=str(run_dir),
@@ -206,6 +211,17 @@ def check_evaluation_batches(cfg: DictConfig) -> None:
                 f"trainer.limit_{split}_batches=0 leaves no {split} batches, which the results "
                 "need (val picks the best epoch); use a fraction or a count above 0."
             )
+
+
+def user_callbacks(cfg: DictConfig, logger: Any) -> list[Callback]:
+    """The callbacks of the ``callbacks`` group and of ``trainer.callbacks``, added to the
+    project's own (Hydra would otherwise replace a list given under trainer). Callbacks that
+    log (the learning-rate monitor) are left out without a logger."""
+    nodes = list((cfg.get("callbacks") or {}).values()) + list(cfg.trainer.get("callbacks") or [])
+    built = [build(node) for node in nodes if node]
+    if logger:
+        return built
+    return [callback for callback in built if not isinstance(callback, LearningRateMonitor)]
 
 
 def finish_wandb(logger: Any) -> None:

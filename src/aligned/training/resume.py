@@ -31,11 +31,19 @@ SCHEDULE_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_g
                  "devices", "num_nodes")
 
 
-def resume_checkpoint(resume: str | None) -> Path | None:
+AUTO = "auto"
+
+
+def resume_checkpoint(resume: str | None, run_dir: str | Path | None = None) -> Path | None:
     """The checkpoint to resume from: ``<run dir>/checkpoints/last.ckpt``, or a .ckpt file in a
-    run's ``checkpoints/`` folder (the run continues in that run's directory)."""
+    run's ``checkpoints/`` folder (the run continues in that run's directory). ``auto``: this
+    run's own ``run_dir``'s last.ckpt when there is one, else none (a job script that may be
+    requeued writes ``resume=auto`` and gets a stable run directory, see ``run_name``)."""
     if not resume:
         return None
+    if resume == AUTO:
+        last = Path(os.path.abspath(Path(run_dir))) / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
     # Absolute but not resolved: a symlinked checkpoints/ folder still belongs to this run.
     path = Path(os.path.abspath(Path(resume).expanduser()))
     if path.is_dir():
@@ -83,7 +91,9 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
             "(its .hydra/overrides.yaml) with resume=; only trainer settings such as "
             "trainer.max_epochs and paths may change."
         )
-    trainer_before, trainer_now = stored.get("trainer") or {}, current.get("trainer") or {}
+    # Defaults filled: a key written out since (trainer.num_nodes: 1) is no change.
+    trainer_before, trainer_now = (with_defaults(dict(config.get("trainer") or {}))
+                                   for config in (stored, current))
     rescheduled = [key for key in SCHEDULE_KEYS if trainer_before.get(key) != trainer_now.get(key)]
     if rescheduled and rank_zero_only.rank == 0:
         log.warning(
