@@ -57,7 +57,7 @@ def test_benchmark_flags_in_range_are_accepted(tmp_path, capsys):
                         "--rounds", "1", "--threads", "1", "--stream", "2"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        f"Error: Checkpoint '{missing}' does not exist. Pass ckpt_path=<run dir>/checkpoints/"
+        f"Error: Checkpoint '{missing}' does not exist. Pass --ckpt=<run dir>/checkpoints/"
         "<file>.ckpt (the path is printed at the end of train.py and stored in results.json).")
 
 
