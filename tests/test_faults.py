@@ -349,3 +349,21 @@ def test_the_run_name_is_stable_within_a_slurm_job(monkeypatch):
     assert resolvers.run_name() == "slurm-17_3"
     cfg = OmegaConf.create({"name": "${run_name:}"})
     assert cfg.name == "slurm-17_3"
+
+
+def test_the_stop_message_says_what_is_saved_for_each_moment_of_a_run(tmp_path):
+    from aligned.training.interruption import Interrupted
+
+    stop = Interrupted(signal.SIGINT)
+    assert stop.exit_code == 130 and stop.signal_name == "SIGINT"
+    assert stop.message("python train.py") == "Stopped by SIGINT before the run started."
+    stop.run_dir, stop.epoch = tmp_path, 1
+    assert "no epoch was complete, nothing to resume" in stop.message("python train.py")
+    stop.saved = True
+    assert stop.message("python train.py seed=1") == (
+        f"Stopped by SIGINT in epoch 1 (it re-runs from its start). {tmp_path}/checkpoints/"
+        f"last.ckpt holds every completed epoch. Resume with: python train.py seed=1 "
+        f"resume={tmp_path}")
+    stop.epoch = None
+    assert stop.message("python train.py").startswith(
+        "Stopped by SIGINT after training, while testing the best epoch.")
