@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -40,20 +41,23 @@ from aligned.early_exit.offline import early_exit_summary
 from aligned.early_exit.pooled import PooledEarlyExit
 from aligned.early_exit.rules import make_rule
 from aligned.evaluation import LoadedCheckpoint, check_comparable, evaluation_dataloader
+from aligned.placement import Placement, resolve_placement
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.system import LayerwiseClassifier, unpack
 
 
-def full_forward(system: LayerwiseClassifier) -> Callable[[Any], torch.Tensor]:
+def full_forward(system: LayerwiseClassifier, autocast: Callable = nullcontext
+                 ) -> Callable[[Any], torch.Tensor]:
     """The model without early exit: every block, one read-out and the head at layer L."""
     backbone = system.backbone
 
     def forward(inputs: Any) -> torch.Tensor:
-        state = backbone.begin(inputs)
-        for layer in range(1, backbone.num_layers + 1):
-            state = backbone.run_block(layer, state)
-        return system.objective.logits_at(backbone.num_layers, backbone.read(state),
-                                          backbone.head)
+        with autocast():
+            state = backbone.begin(inputs)
+            for layer in range(1, backbone.num_layers + 1):
+                state = backbone.run_block(layer, state)
+            return system.objective.logits_at(backbone.num_layers, backbone.read(state),
+                                              backbone.head)
 
     return forward
 
@@ -73,55 +77,63 @@ def slices(loader: Any, batch_size: int) -> list[Any]:
 
 
 def time_rounds(runs: dict[str, Callable[[], None]], rounds: int,
-                min_seconds: float = 0.5) -> dict[str, float]:
+                min_seconds: float = 0.5, synchronize: Callable[[], None] = lambda: None
+                ) -> dict[str, float]:
     """Median seconds per run, interleaved so that drift in machine load hits all equally. In a
     round, a short run repeats ⌈``min_seconds`` / its time⌉ times (digits at batch 64: a pass
-    takes ~40 ms), so that scheduler noise averages out within the round."""
+    takes ~40 ms), so that scheduler noise averages out within the round. ``synchronize``
+    waits for a GPU's queued work, so a round times the work, not its launch."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     repeats = {}
     for name, run in runs.items():
         run()  # warm-up: one-time costs
+        synchronize()
         start = time.perf_counter()
         run()
+        synchronize()
         repeats[name] = max(1, math.ceil(min_seconds / (time.perf_counter() - start)))
     for _ in range(rounds):
         for name, run in runs.items():
             start = time.perf_counter()
             for _ in range(repeats[name]):
                 run()
+            synchronize()
             times[name].append((time.perf_counter() - start) / repeats[name])
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    system = model.system
+def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace,
+              placement: Placement) -> list[dict[str, Any]]:
+    system = model.system.to(placement.device)
     overrides = {"data_dir": args.data_dir}
     loaders = {split: evaluation_dataloader(model.run_config, overrides, split)
                for split in ("val", "test")}
-    signals = {split: collect_exit_signals(system, loader, progress=False)
+    signals = {split: collect_exit_signals(system, loader, progress=False,
+                                           autocast=placement.autocast)
                for split, loader in loaders.items()}
     summary = early_exit_summary(signals["val"], signals["test"], args.max_drop)
     num_layers = summary["num_layers"]
     rules = {rule: make_rule(rule, entry["chosen"]["threshold"])
              for rule, entry in summary["rules"].items() if entry["chosen"] is not None}
     rows = [{"model": name, "rule": rule, **summary["rules"][rule]["chosen"]} for rule in rules]
-    forward = full_forward(system)
+    forward = full_forward(system, placement.autocast)
     for batch_size in args.batch_sizes:
-        batches = slices(loaders["test"], batch_size)
+        batches = [system.transfer_batch_to_device(b, placement.device, 0)
+                   for b in slices(loaders["test"], batch_size)]
         runs = {"full": lambda bs=batches: [forward(b) for b in bs]}
         stream = batches * args.stream  # the test set, streamed --stream times
         if batch_size > 1 and args.stream > 1:
             runs["full stream"] = lambda bs=stream: [forward(b) for b in bs]
         for rule_name, rule in rules.items():
-            classifier = EarlyExitClassifier(system, rule)
+            classifier = EarlyExitClassifier(system, rule, placement.autocast)
             runs[rule_name] = lambda c=classifier, bs=batches: [c(b) for b in bs]
             if batch_size > 1:
-                pooled = PooledEarlyExit(system, rule, pool_size=batch_size)
+                pooled = PooledEarlyExit(system, rule, batch_size, placement.autocast)
                 runs[f"{rule_name} pooled"] = lambda p=pooled, bs=batches: p.run(bs)
                 if args.stream > 1:
                     runs[f"{rule_name} stream"] = lambda p=pooled, bs=stream: p.run(bs)
         with torch.inference_mode():
-            seconds = time_rounds(runs, args.rounds)
+            seconds = time_rounds(runs, args.rounds, synchronize=placement.synchronize)
         for row in rows:
             row[f"measured_bs{batch_size}"] = seconds["full"] / seconds[row["rule"]]
             row[f"full_ms_bs{batch_size}"] = 1000 * seconds["full"]
@@ -174,10 +186,13 @@ def main(argv: list[str] | None = None) -> None:
                              "times (the final flush then comes once per that many passes)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (1: steadier timings on a shared machine)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    parser.add_argument("--precision", default="32", help="32, bf16-mixed or 16-mixed")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     try:
+        placement = resolve_placement(args.device, args.precision)
         models = []
         for flag, path in (("--ckpt", args.ckpt), ("--compare-ckpt", args.compare_ckpt)):
             if path is None:
@@ -192,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             if names[0] == names[1]:
                 names = [f"{names[0]} (A)", f"{names[1]} (B)"]
         rows = [row for model, name in zip(models, names, strict=True)
-                for row in benchmark(model, name, args)]
+                for row in benchmark(model, name, args, placement)]
     except ConfigError as error:  # a missing or foreign checkpoint, a moved data directory
         print(f"Error: {user_message(error)}", file=sys.stderr)  # as train.py and evaluate.py
         sys.exit(2)
@@ -217,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nfull forward per pass over the test set: " + "; ".join(
         f"{model} " + ", ".join(f"bs{b} {row[f'full_ms_bs{b}']:.0f} ms" for b in args.batch_sizes)
         for model, row in per_model.items())
-        + f"; {torch.get_num_threads()} torch threads")
+        + f"; {torch.get_num_threads()} torch threads; {placement.describe()['device_name']}, "
+        f"precision {placement.precision}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from aligned.early_exit.offline import (
 )
 from aligned.early_exit.parameter_count import parameter_summary
 from aligned.early_exit.rules import make_rule
+from aligned.placement import Placement, resolve_placement
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.system import LayerwiseClassifier, require_classifier
 from aligned.typed_settings import EVALUATE_KEYS, check_settings
@@ -85,12 +87,17 @@ class LoadedCheckpoint:
 
 
 def analyse_checkpoint(
-    loaded: LoadedCheckpoint, cfg: DictConfig, keep_logits: bool = True
+    loaded: LoadedCheckpoint, cfg: DictConfig, keep_logits: bool = True,
+    placement: Placement | None = None,
 ) -> tuple[dict[str, Any], LayerwiseOutputs, dict]:
+    placement = placement or Placement()
     system, run_config, data_overrides = loaded.system, loaded.run_config, loaded.data_overrides
     require_classifier(system, "evaluate.py's layer-wise analysis")
+    system.to(placement.device)
+    autocast = placement.autocast
     loader = evaluation_dataloader(run_config, data_overrides, cfg.split)
-    outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits)
+    outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits,
+                                 autocast=autocast)
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
     summary = {
         "checkpoint": str(Path(loaded.path).resolve()),
@@ -98,6 +105,7 @@ def analyse_checkpoint(
         "seed": run_config.get("seed"),
         "split": cfg.split,
         "data_overrides": {k: v for k, v in data_overrides.items() if v is not None},
+        **placement.describe(),
         **summary,
         "parameters": parameter_summary(system.backbone),
     }
@@ -115,19 +123,22 @@ def analyse_checkpoint(
         for split in SPLITS:  # the other split: a light pass, logits and cosines only
             if split not in signals:
                 signals[split] = collect_exit_signals(
-                    system, evaluation_dataloader(run_config, data_overrides, split)
+                    system, evaluation_dataloader(run_config, data_overrides, split),
+                    autocast=autocast,
                 )
         summary["early_exit"] = early_exit_summary(
             signals["val"], signals["test"], early_exit.get("max_drop", 0.01)
         )
         if early_exit.get("run", False):
             test_loader = evaluation_dataloader(run_config, data_overrides, "test")
-            run_at_operating_points(system, summary["early_exit"], signals["test"], test_loader)
+            run_at_operating_points(system, summary["early_exit"], signals["test"], test_loader,
+                                    autocast)
     return summary, outputs, run_config
 
 
 def run_at_operating_points(
-    system: LayerwiseClassifier, early_exit: dict, test: ExitSignalCache, loader: Any
+    system: LayerwiseClassifier, early_exit: dict, test: ExitSignalCache, loader: Any,
+    autocast: Any = nullcontext,
 ) -> None:
     """Real early-exit inference at each rule's chosen operating point on test, recorded beside
     the simulation (``real``); in float32 a sample sitting on a threshold can flip (round-off)."""
@@ -135,7 +146,7 @@ def run_at_operating_points(
         if entry["chosen"] is None:
             continue
         rule = make_rule(name, entry["chosen"]["threshold"])
-        real, labels = EarlyExitClassifier(system, rule).predict(loader)
+        real, labels = EarlyExitClassifier(system, rule, autocast).predict(loader)
         simulated = simulate(rule, test)
         entry["real"] = {
             **operating_point(real, labels.numpy(), test.logits.shape[1]),
@@ -233,6 +244,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
            high_open=True)
     number("minimal_depth_epsilon", cfg.minimal_depth_epsilon, 0, 1)
     number("monotone_tolerance", cfg.monotone_tolerance, 0, 1)
+    placement = resolve_placement(cfg.get("device"), cfg.get("precision"))
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = [cfg.ckpt_path] + ([cfg.compare_to] if cfg.get("compare_to") else [])
@@ -244,7 +256,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         early_exit = (cfg.get("early_exit") or {}).get("enabled", False)  # as in the pass
         for split in {cfg.split, "test"} if early_exit else {cfg.split}:
             check_comparable(*loaded, split)
-    analysed = [analyse_checkpoint(checkpoint, cfg) for checkpoint in loaded]
+    analysed = [analyse_checkpoint(checkpoint, cfg, placement=placement) for checkpoint in loaded]
     labels = display_names([run_config for _, _, run_config in analysed])
     summaries = {label: summary for label, (summary, _, _) in zip(labels, analysed, strict=True)}
 

@@ -39,6 +39,8 @@ EVALUATE_KEYS: dict[str, Any] = {
     "early_exit.run": bool,
     "wandb": bool,
     "wandb_project": str,
+    "device": str,
+    "precision": str | int,
 }
 # Sections whose target is named in code, not in the config.
 IMPLIED_TARGETS = {"optim": "aligned.training.optim.adamw_with_warmup_cosine"}

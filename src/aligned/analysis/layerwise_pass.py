@@ -5,6 +5,11 @@ reduced on the fly into per-layer class means (for PCA), minibatch CKA and COS a
 memory does not grow with N·L·D. COS centred over samples needs every layer's mean before it can
 normalise a vector, so that case makes a second, feature-only pass over the data.
 
+On a GPU everything stays on the device until the end of the pass (one transfer, not one per
+batch), except the kept logits, which would fill it (ImageNet val: 50,000 x 12 x 1,000); the
+accumulators are float64 there too. ``autocast`` (``aligned.placement``) wraps the model's
+forward and head only, never the accumulators.
+
 For early exit it also keeps every layer's logits (N, L, C) and each sample's cosine between
 consecutive layers' features (N, L), what the exit rules read (``ExitSignalCache``);
 ``collect_exit_signals`` is the light pass that gathers only those (the validation split).
@@ -12,7 +17,8 @@ consecutive layers' features (N, L), what the exit rules read (``ExitSignalCache
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,15 +72,35 @@ class LayerwiseOutputs:
         return ExitSignalCache(self.labels, self.logits, self.layer_cosine)
 
 
+Autocast = Callable[[], AbstractContextManager]
+
+
 def _batches(
-    system: LayerwiseClassifier, dataloader: Iterable, desc: str, progress: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(features (L, B, D), target (B,)) for each batch, on the system's device, no grad."""
+    system: LayerwiseClassifier, dataloader: Iterable, desc: str, progress: bool,
+    autocast: Autocast,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(features (L, B, D), logits (L, B, C), target (B,)) for each batch, on the system's
+    device, no grad; the forward and head under ``autocast``, nothing after them."""
     with torch.no_grad():
         for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
             inputs, target = unpack(batch)
             inputs = system.transfer_batch_to_device(inputs, system.device, 0)
-            yield system.backbone.layer_features(inputs), target.to(system.device)
+            with autocast():
+                features = system.backbone.layer_features(inputs)
+                logits = system.objective.layer_logits(features, system.backbone.head)
+            yield features, logits, target.to(system.device)
+
+
+def _features_only(system: LayerwiseClassifier, dataloader: Iterable, desc: str,
+                   progress: bool, autocast: Autocast) -> Iterator[torch.Tensor]:
+    """(L, B, D) features of each batch, no head (the second COS pass)."""
+    with torch.no_grad():
+        for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
+            inputs, _ = unpack(batch)
+            inputs = system.transfer_batch_to_device(inputs, system.device, 0)
+            with autocast():  # left before the yield: the consumer's sums run outside it
+                features = system.backbone.layer_features(inputs)
+            yield features
 
 
 def run_layerwise_pass(
@@ -83,32 +109,33 @@ def run_layerwise_pass(
     cos_centering: str = "samples",
     keep_logits: bool = True,
     progress: bool = True,
+    autocast: Autocast = nullcontext,
 ) -> LayerwiseOutputs:
     system.eval()
-    num_layers, num_classes = system.num_layers, system.backbone.num_classes
+    num_layers, num_classes, device = system.num_layers, system.backbone.num_classes, system.device
     cka = MinibatchCKA(num_layers)
     cos = None if cos_centering == "samples" else CosAccumulator(cos_centering)
     labels, predictions, confidences, logits_kept, cosines = [], [], [], [], []
     feature_sum = class_sum = class_count = None
-    for features, target in _batches(system, dataloader, "layer-wise pass", progress):
-        logits = system.objective.layer_logits(features, system.backbone.head)  # (L, B, C)
+    batches = _batches(system, dataloader, "layer-wise pass", progress, autocast)
+    for features, logits, target in batches:  # (L, B, D), (L, B, C), (B,)
         probabilities = logits.float().softmax(-1)
         confidence, prediction = probabilities.max(-1)  # (L, B)
-        labels.append(target.cpu())
-        predictions.append(prediction.T.cpu())
-        confidences.append(confidence.T.cpu())
+        labels.append(target)
+        predictions.append(prediction.T)
+        confidences.append(confidence.T)
         if keep_logits:
             logits_kept.append(_kept(logits))
-        cosines.append(consecutive_cosine(features).cpu())
+        cosines.append(consecutive_cosine(features))
         if feature_sum is None:
-            feature_sum = torch.zeros(num_layers, features.shape[-1], dtype=torch.float64)
-            class_sum = torch.zeros(
-                num_layers, num_classes, features.shape[-1], dtype=torch.float64
-            )
-            class_count = torch.zeros(num_classes, dtype=torch.float64)
-        x = features.double().cpu()  # (L, B, D)
+            width = features.shape[-1]
+            feature_sum = torch.zeros(num_layers, width, dtype=torch.float64, device=device)
+            class_sum = torch.zeros(num_layers, num_classes, width, dtype=torch.float64,
+                                    device=device)
+            class_count = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        x = features.double()  # (L, B, D)
         feature_sum += x.sum(1)
-        one_hot = torch.nn.functional.one_hot(target.cpu(), num_classes).double()  # (B, C)
+        one_hot = torch.nn.functional.one_hot(target, num_classes).double()  # (B, C)
         class_sum += torch.einsum("lbd,bc->lcd", x, one_hot)
         class_count += one_hot.sum(0)
         if features.shape[1] >= MIN_SAMPLES_CKA:  # unbiased HSIC needs 4 samples per batch
@@ -125,37 +152,38 @@ def run_layerwise_pass(
         )
     if cos is None:  # second pass: centring over samples needs the means first
         cos = CosAccumulator("samples", mean=feature_sum / num_samples)
-        for features, _ in _batches(system, dataloader, "COS pass", progress):
+        for features in _features_only(system, dataloader, "COS pass", progress, autocast):
             cos.update(features)
     class_means = class_sum / class_count.clamp(min=1)[None, :, None]
     return LayerwiseOutputs(
-        labels=torch.cat(labels).numpy(),
-        predictions=torch.cat(predictions).numpy(),
-        confidences=torch.cat(confidences).numpy(),
+        labels=torch.cat(labels).cpu().numpy(),
+        predictions=torch.cat(predictions).cpu().numpy(),
+        confidences=torch.cat(confidences).cpu().numpy(),
         logits=torch.cat(logits_kept).numpy() if keep_logits else None,
-        layer_cosine=torch.cat(cosines).numpy(),
-        class_means=class_means.numpy(),
+        layer_cosine=torch.cat(cosines).cpu().numpy(),
+        class_means=class_means.cpu().numpy(),
         cos=cos.compute().numpy(),
         cka=cka.compute().numpy(),
     )
 
 
 def collect_exit_signals(
-    system: LayerwiseClassifier, dataloader: Iterable, progress: bool = True
+    system: LayerwiseClassifier, dataloader: Iterable, progress: bool = True,
+    autocast: Autocast = nullcontext,
 ) -> ExitSignalCache:
     """The exit rules' inputs alone: one pass, no similarity accumulators."""
     require_classifier(system, "Early exit")
     system.eval()
     labels, logits_kept, cosines = [], [], []
-    for features, target in _batches(system, dataloader, "early-exit pass", progress):
-        logits = system.objective.layer_logits(features, system.backbone.head)  # (L, B, C)
-        labels.append(target.cpu())
+    for features, logits, target in _batches(system, dataloader, "early-exit pass", progress,
+                                             autocast):
+        labels.append(target)
         logits_kept.append(_kept(logits))
-        cosines.append(consecutive_cosine(features).cpu())
+        cosines.append(consecutive_cosine(features))
     if not labels:
         raise ValueError("The evaluation split is empty.")
-    return ExitSignalCache(torch.cat(labels).numpy(), torch.cat(logits_kept).numpy(),
-                           torch.cat(cosines).numpy())
+    return ExitSignalCache(torch.cat(labels).cpu().numpy(), torch.cat(logits_kept).numpy(),
+                           torch.cat(cosines).cpu().numpy())
 
 
 def summarize(

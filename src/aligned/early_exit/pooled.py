@@ -14,7 +14,8 @@ holds fewer than L × ``pool_size`` + one input batch samples: memory stays boun
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,10 @@ class Pending:
 
 
 class PooledEarlyExit:
-    def __init__(self, system: LayerwiseClassifier, rule: ExitRule, pool_size: int) -> None:
+    def __init__(self, system: LayerwiseClassifier, rule: ExitRule, pool_size: int,
+                 autocast: Callable[[], AbstractContextManager] = nullcontext) -> None:
         require_classifier(system, "Early exit")
+        self.autocast = autocast  # the blocks' and heads' context (aligned.placement)
         self.pool_size = positive_int("pool_size", pool_size)
         self.system, self.rule = system.eval(), rule
         self.num_layers = system.backbone.num_layers
@@ -59,7 +62,7 @@ class PooledEarlyExit:
 
     def run(self, batches: Iterable[Any]) -> ExitResult:
         """Early exit over ``batches`` (model inputs), results in input order."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             seen = self._run_all(batches)
         # Assembled outside inference mode: normal tensors, which callers may edit.
         result = gather_exits(self.exited, seen, self.system.device)
