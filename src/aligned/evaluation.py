@@ -42,7 +42,7 @@ from aligned.early_exit.offline import (
 from aligned.early_exit.parameter_count import parameter_summary
 from aligned.early_exit.rules import make_rule
 from aligned.placement import Placement, resolve_placement
-from aligned.training.checkpoints import load_system, read_checkpoint
+from aligned.training.checkpoints import RUNTIME_MODEL_KEYS, load_system, read_checkpoint
 from aligned.training.system import LayerwiseClassifier, require_classifier
 from aligned.typed_settings import EVALUATE_KEYS, check_settings
 
@@ -223,7 +223,8 @@ def load_for_evaluation(
     data_overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     new_path = (cfg.get("model") or {}).get("name_or_path")
     stored = checkpoint["hyper_parameters"]["model"].get("name_or_path")
-    model_overrides = {}
+    # How the blocks run (model.compile=false evaluates a model trained compiled, or the reverse).
+    model_overrides = {key: (cfg.get("model") or {}).get(key) for key in RUNTIME_MODEL_KEYS}
     if new_path is not None and (moved_from is None or stored == moved_from):
         model_overrides["name_or_path"] = new_path  # load_system rejects it for a ViT
         if run_config["data"].get("tokenizer") == stored and not data_overrides.get("tokenizer"):

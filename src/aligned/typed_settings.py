@@ -37,6 +37,8 @@ EVALUATE_KEYS: dict[str, Any] = {
     "early_exit.enabled": bool,
     "early_exit.max_drop": float,
     "early_exit.run": bool,
+    "model.compile": bool | None,
+    "model.compile_backend": str | None,
     "wandb": bool,
     "wandb_project": str,
     "device": str,

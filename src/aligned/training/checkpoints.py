@@ -16,6 +16,9 @@ from aligned.training.system import LayerwiseClassifier
 
 TIMM_TARGET = "aligned.models.backbones.timm_vit.TimmViT"
 HF_TARGET = "aligned.models.backbones.hf_encoder.HFEncoder"
+# Model settings of how the blocks run, not of what they compute: any checkpoint takes them,
+# even one saved before they existed (model.compile=true evaluates it compiled).
+RUNTIME_MODEL_KEYS = ("compile", "compile_backend")
 
 
 def read_checkpoint(
@@ -80,7 +83,7 @@ def load_system(
     """
     hparams = copy.deepcopy(checkpoint["hyper_parameters"])
     overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
-    unknown = set(overrides) - set(hparams["model"])
+    unknown = set(overrides) - set(hparams["model"]) - set(RUNTIME_MODEL_KEYS)
     if unknown:
         raise ConfigError(f"This checkpoint's model config has no {', '.join(sorted(unknown))} "
                           f"(its keys: {', '.join(sorted(hparams['model']))}).")

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 TRAINED_SECTIONS = ("model", "data", "loss", "optim", "seed")
 # Keys within them that only say where things are, how they are loaded or how val/test batch.
 IGNORED_KEYS = {"data_dir", "num_workers", "pin_memory", "persistent_workers",
-                "checkpoint_path", "name_or_path", "tokenizer", "pretrained", "eval_batch_size"}
+                "checkpoint_path", "name_or_path", "tokenizer", "pretrained", "eval_batch_size",
+                "compile", "compile_backend"}  # how the blocks run, not what they compute
 # What LayerwiseClassifier calls with optim.
 OPTIMISER = "aligned.training.optim.adamw_with_warmup_cosine"
 # Trainer settings that change the total step count the LR schedule is laid over.

@@ -17,6 +17,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from aligned.config import ConfigError
 from aligned.models.backbones.base import BlockState, LayerwiseBackbone
+from aligned.models.backbones.compilation import compile_blocks
 
 POOLINGS = ("cls", "mean")
 
@@ -34,6 +35,7 @@ class HFEncoder(LayerwiseBackbone):
     Block by block (``begin``/``run_block``/``read``), the pieces are BERT's own: the embeddings,
     each ``BertLayer`` with the attention mask ``BertModel`` builds for its layers
     (``create_bidirectional_mask``: 4-D, or None without padding under SDPA), pooling + pooler.
+    ``compile=True`` compiles each ``BertLayer`` with ``torch.compile`` (``compile_backend``).
     """
 
     inputs = "text"  # what it reads; train.py checks that model and data agree
@@ -44,6 +46,8 @@ class HFEncoder(LayerwiseBackbone):
         num_classes: int,
         pooling: str = "cls",
         pretrained: bool = True,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -63,6 +67,8 @@ class HFEncoder(LayerwiseBackbone):
             raise ConfigError(f"'{name_or_path}' has no layers (num_hidden_layers=0).")
         self.feature_dim = self.model.config.hidden_size
         self.num_classes = num_classes
+        if compile:
+            compile_blocks(self.model.bert.encoder.layer, compile_backend)
 
     def layer_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         # HF's own forward (golden-tested against its logits); the block path must equal it.

@@ -10,6 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from aligned.config import ConfigError, number
 from aligned.models.backbones.base import BlockState, LayerwiseBackbone
+from aligned.models.backbones.compilation import compile_blocks
 
 # timm's dropout settings: probabilities (drop_path_rate: of skipping a block), checked here
 # because timm only fails on them in the first training step.
@@ -27,6 +28,7 @@ class TimmViT(LayerwiseBackbone):
     ``checkpoint_path`` loads the pretrained weights from a local file instead of the hub (offline
     use); as with hub weights, the classifier is re-initialised when the class count differs;
     extra keyword arguments go to ``timm.create_model`` (e.g. depth, embed_dim, patch_size).
+    ``compile=True`` compiles each block with ``torch.compile`` (``compile_backend``).
     """
 
     inputs = "images"  # what it reads; train.py checks that model and data agree
@@ -39,6 +41,8 @@ class TimmViT(LayerwiseBackbone):
         checkpoint_path: str | None = None,
         img_size: int | None = None,
         in_chans: int = 3,
+        compile: bool = False,
+        compile_backend: str = "inductor",
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -88,6 +92,8 @@ class TimmViT(LayerwiseBackbone):
         self.feature_dim = self.model.num_features
         self.num_classes = num_classes
         self.in_chans = in_chans
+        if compile:
+            compile_blocks(self.model.blocks, compile_backend)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch + position embedding: the tokens block 1 reads, (B, N, D)."""
