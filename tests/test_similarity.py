@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aligned.analysis import similarity
+from aligned.analysis import feature_stacks
 from aligned.analysis.similarity import (
     CosAccumulator,
     MinibatchCKA,
@@ -165,7 +165,7 @@ def test_float32_products_ignore_a_lowered_matmul_precision(monkeypatch):
 def test_linear_cka_gram_chunks_add_up(monkeypatch, unbiased: bool):
     features = layered_features(3, 30, 40)
     whole = linear_cka(features, unbiased=unbiased)
-    monkeypatch.setattr(similarity, "CHUNK_BYTES", 8 * 3 * 30 * 7)  # 7 Gram rows per chunk
+    monkeypatch.setattr(feature_stacks, "CHUNK_BYTES", 8 * 3 * 30 * 7)  # 7 Gram rows per chunk
     assert torch.allclose(linear_cka(features, unbiased=unbiased), whole, atol=1e-12)
 
 
@@ -216,7 +216,7 @@ def test_rbf_cka_matches_kornblith_and_lies_in_unit_interval():
         cka = rbf_cka(features, sigma_scale=sigma_scale)
         assert torch.allclose(cka, slow_rbf_cka(features, sigma_scale), atol=1e-10)
         assert cka.min() >= 0 and cka.max() <= 1 + 1e-12
-    assert not torch.allclose(rbf_cka(features, 0.5), rbf_cka(features, 2.0), atol=1e-3)
+    assert not torch.allclose(rbf_cka(features, sigma_scale=0.5), rbf_cka(features, sigma_scale=2.0), atol=1e-3)
 
 
 def test_minibatch_cka_with_one_batch_is_full_unbiased_cka():
@@ -242,7 +242,7 @@ def test_minibatch_accumulator_equals_convenience_and_ignores_batch_offsets():
     accumulator = MinibatchCKA(3)
     for batch in torch.tensor_split(features, 4, dim=1):
         accumulator.update(batch + torch.randn(3, 1, 8))  # unbiased HSIC is shift-invariant
-    assert torch.allclose(accumulator.compute(), minibatch_cka(features, 30), atol=1e-10)
+    assert torch.allclose(accumulator.compute(), minibatch_cka(features, batch_size=30), atol=1e-10)
 
 
 def test_minibatch_cka_never_leaves_a_short_batch():
@@ -264,9 +264,9 @@ def test_cos_matches_direct_formula(centering: str):
 
 def test_cos_centerings_differ():
     features = layered_features(3, 50, 7)
-    by_samples = cos_similarity(features, "samples")
-    assert not torch.allclose(by_samples, cos_similarity(features, "none"), atol=1e-2)
-    assert not torch.allclose(by_samples, cos_similarity(features, "features"), atol=1e-2)
+    by_samples = cos_similarity(features, centering="samples")
+    assert not torch.allclose(by_samples, cos_similarity(features, centering="none"), atol=1e-2)
+    assert not torch.allclose(by_samples, cos_similarity(features, centering="features"), atol=1e-2)
 
 
 @pytest.mark.parametrize("centering", ["samples", "features", "none"])
@@ -277,7 +277,7 @@ def test_cos_accumulator_over_minibatches_equals_one_shot(centering: str):
     accumulator = CosAccumulator(centering, mean=mean)
     for batch in batches:
         accumulator.update(batch)
-    assert torch.allclose(accumulator.compute(), cos_similarity(features, centering), atol=1e-12)
+    assert torch.allclose(accumulator.compute(), cos_similarity(features, centering=centering), atol=1e-12)
 
 
 def test_cos_accumulator_with_samples_centering_requires_the_means():
@@ -379,3 +379,125 @@ def test_minibatch_cka_rejects_a_batch_with_other_layers():
     accumulator = MinibatchCKA(3)
     with pytest.raises(ConfigError, match="built for 3 layers"):
         accumulator.update(torch.randn(2, 10, 4))
+
+
+# --------------------------------------------------------------------------- issue 17 defects
+
+
+def nguyen_u_centred_gram(x: np.ndarray) -> np.ndarray:
+    """``MinibatchCKA._generate_gram_matrix`` of Nguyen et al.'s efficient_CKA.py, in numpy:
+    the U-centred Gram matrix (Székely & Rizzo 2014), flattened."""
+    gram = x @ x.T
+    n = gram.shape[0]
+    np.fill_diagonal(gram, 0)
+    means = gram.sum(0) / (n - 2)
+    means -= means.sum() / (2 * (n - 1))
+    gram = gram - means[:, None] - means[None, :]
+    np.fill_diagonal(gram, 0)
+    return gram.ravel()
+
+
+def nguyen_minibatch_cka(batches: list[torch.Tensor]) -> torch.Tensor:
+    """Their update_state + result: sum the Gram inner products over batches, then normalise."""
+    accumulator = 0.0
+    for batch in batches:  # (L, B, D)
+        grams = np.stack([nguyen_u_centred_gram(layer) for layer in batch.double().numpy()])
+        accumulator = accumulator + grams @ grams.T
+    norms = np.sqrt(np.diag(accumulator))
+    return torch.from_numpy(accumulator / norms[:, None] / norms[None, :])
+
+
+def every_similarity_call():
+    """Each public entry point once, as a callable of a float64 stack."""
+    def accumulate(features):
+        accumulator = MinibatchCKA(features.shape[0])
+        for batch in torch.split(features, 30, dim=1):
+            accumulator.update(batch)
+        return accumulator.compute()
+
+    return {
+        "linear_cka": lambda f: linear_cka(f),
+        "linear_cka_unbiased": lambda f: linear_cka(f, unbiased=True),
+        "rbf_cka": lambda f: rbf_cka(f),
+        "minibatch_cka": lambda f: minibatch_cka(f, batch_size=30),
+        "MinibatchCKA.update": accumulate,
+        "cos": lambda f: cos_similarity(f),
+        "linear_cka_across": lambda f: linear_cka(f, f[:2, :, :3]),
+        "minibatch_cka_across": lambda f: minibatch_cka(f, f[:2], batch_size=30),
+    }
+
+
+@pytest.mark.parametrize("call", list(every_similarity_call()))
+@pytest.mark.parametrize("layout", ["layers-major", "samples-major", "one layer"])
+def test_no_similarity_function_modifies_its_input(call: str, layout: str):
+    """Defect 1: the float64 features were centred in place (float32 input was copied)."""
+    base = layered_features(3, 120, 6).double()
+    if layout == "samples-major":  # as a (N, L, D) buffer viewed as (L, N, D)
+        base = base.transpose(0, 1).contiguous().transpose(0, 1)
+    features = base[:1] if layout == "one layer" else base
+    before = features.clone()
+    every_similarity_call()[call](features)
+    assert torch.equal(features, before)
+
+
+def test_minibatch_cka_then_linear_cka_gives_the_same_number():
+    """The issue's example: after minibatch_cka(f, 100), linear_cka(f, unbiased=True) changed."""
+    features = layered_features(3, 400, 6).double()
+    first = linear_cka(features, unbiased=True)
+    minibatch_cka(features, batch_size=100)
+    assert torch.equal(linear_cka(features, unbiased=True), first)
+
+
+def features_with_many_zero_vectors() -> torch.Tensor:
+    """Layer 2: 30 of 40 samples are all-zero (dead ReLU), so over half of all pairs are equal."""
+    features = layered_features(2, 40, 5).double()
+    features[1] = features[1].relu()
+    features[1, :30] = 0
+    return features
+
+
+def test_rbf_cka_with_a_zero_median_distance_is_a_clear_error():
+    """Defect 2: the median squared distance was 0 and rbf_cka returned NaN without an error."""
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[2\] .*median.*bandwidth='nonzero_median'"):
+        rbf_cka(features_with_many_zero_vectors())
+
+
+def test_rbf_cka_nonzero_median_bandwidth_matches_its_reference():
+    features = features_with_many_zero_vectors()
+    cka = rbf_cka(features, bandwidth="nonzero_median")
+
+    def gram(x: np.ndarray) -> np.ndarray:  # gram_rbf with the median over distinct pairs
+        dots = x @ x.T
+        sq_dist = np.diag(dots)[:, None] + np.diag(dots)[None, :] - 2 * dots
+        return np.exp(-sq_dist / (2 * np.median(sq_dist[sq_dist > 1e-9])))
+
+    grams = []
+    for layer in features.numpy():
+        centred = np.eye(40) - 1 / 40
+        grams.append(centred @ gram(layer) @ centred)
+    expected = np.sum(grams[0] * grams[1]) / np.sqrt(np.sum(grams[0] ** 2) * np.sum(grams[1] ** 2))
+    assert torch.isfinite(cka).all()
+    assert cka[0, 1].item() == pytest.approx(expected, abs=1e-10)
+
+
+@pytest.mark.parametrize("sizes", [(256, 103), (256, 8), (100, 100, 21)], ids=str)
+def test_minibatch_cka_weights_each_batch_as_nguyen_et_al(sizes: tuple[int, ...]):
+    """Defect 3: a short last batch counted as much as a full one. Their reference code sums the
+    inner products of U-centred Grams, i.e. weights each batch's unbiased HSIC by n(n-3)."""
+    features = layered_features(3, sum(sizes), 6)
+    batches = torch.split(features, list(sizes), dim=1)
+    accumulator = MinibatchCKA(3)
+    for batch in batches:
+        accumulator.update(batch)
+    assert torch.allclose(accumulator.compute(), nguyen_minibatch_cka(batches), atol=1e-10)
+
+
+@pytest.mark.parametrize("call", list(every_similarity_call()))
+def test_extreme_magnitudes_give_finite_values_or_a_clear_error(call: str):
+    """No similarity function returns NaN or inf silently (squares of 1e200 overflow)."""
+    features = layered_features(3, 60, 4).double() * 1e200
+    try:
+        result = every_similarity_call()[call](features)
+    except ConfigError:
+        return
+    assert torch.isfinite(result).all()

@@ -1,232 +1,99 @@
-"""Layer-by-layer similarity of a stack of per-layer features (METHOD.md §1).
+"""Layer-by-layer similarity of per-layer features: CKA here, COS re-exported (METHOD.md §1).
 
 Every function takes ``features`` of shape (L, N, D): L layers, N samples, D width, and returns
-an (L, L) float64 matrix over all layer pairs at once. Layers are numbered 1..L in messages.
+an (L, L) float64 matrix over all layer pairs at once. Given a second stack ``other`` (L_B, N,
+D_B) of another model on the same N inputs, it returns the (L, L_B) matrix of every layer of A
+against every layer of B instead; widths and depths may differ, except for COS, which compares
+each sample's two vectors and so needs D = D_B. Options are keyword-only. Layers are numbered
+1..L in messages. No function modifies its inputs.
 
-- ``cos_similarity``: sample-wise cosine (COS). Default centring subtracts each layer's mean over
-  samples; ``"features"`` subtracts each vector's own mean (the authors' variant); ``"none"``.
+- ``cos_similarity`` / ``CosAccumulator`` / ``layer_means`` (``aligned.analysis.cos``): COS.
 - ``linear_cka``: linear CKA (Kornblith et al. 2019), biased HSIC or unbiased HSIC
   (Song et al. 2012). ``rbf_cka``: RBF kernel, bandwidth from the median distance.
-- ``MinibatchCKA`` / ``minibatch_cka``: Nguyen et al. 2021; unbiased HSIC per minibatch summed
-  over minibatches, memory independent of N.
-- ``reduce_tokens``: the explicit choice of one vector per sample (CLS, mean, or every token).
-
-Streaming COS needs each layer's mean over *all* samples before it can normalise a single
-vector, and the normalisation is not linear, so one pass cannot be exact. ``CosAccumulator``
-therefore takes the means up front (``mean=``); ``layer_means`` is the cheap first pass.
+- ``MinibatchCKA`` / ``minibatch_cka``: Nguyen et al. 2021; each minibatch's unbiased HSIC,
+  weighted by n(n-3) as in their reference code, summed over minibatches; memory independent of N.
+- ``reduce_tokens`` (``aligned.analysis.tokens``): one vector per sample from token features.
 
 All HSIC estimators are written in terms of three statistics of the Gram matrices K_a
-(tr(K_a K_b), diagonals, row sums), so the same code serves linear kernels computed in feature
+(tr(K_a L_b), diagonals, row sums), so the same code serves linear kernels computed in feature
 space (no N×N matrix), Gram matrices chunked over rows, and RBF Grams.
 
-Precision: features are centred in float64 and every statistic is summed in float64. The one
-exception is the large products of ``linear_cka``'s feature route (N ≳ 0.4·L·D), which run in the
-input's own precision when that is float32 (as model features are): float64 there costs 1.5×
-the time for no information the float32 input holds. They run at full IEEE float32 precision
-whatever ``torch.set_float32_matmul_precision`` says (no TF32/bfloat16 shortcuts).
+Precision: features are centred in float64 arithmetic and every statistic is summed in float64.
+The one exception is the large products of ``linear_cka``'s feature route (N ≳ 0.4·L·D), which
+run in float32 when an input is float32 or lower (as model features are): float64 there costs
+1.5× the time for no information the float32 input holds. They run at full IEEE float32
+precision whatever ``torch.set_float32_matmul_precision`` says (no TF32/bfloat16 shortcuts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
+from aligned.analysis.cos import (
+    Centering,
+    CosAccumulator,
+    cos_similarity,
+    layer_means,
+    sample_cosine,
+)
+from aligned.analysis.feature_stacks import (
+    MIN_SAMPLES_CKA,
+    STACKS,
+    check_inputs,
+    check_result,
+    layer_list,
+    raise_constant,
+    raise_constant_stacks,
+    sample_chunks,
+    varying_layers,
+)
+from aligned.analysis.tokens import TokenMode, reduce_tokens
 from aligned.config import ConfigError
 
-Centering = Literal["samples", "features", "none"]
-TokenMode = Literal["cls", "mean", "all"]
+Bandwidth = Literal["median", "nonzero_median"]
 
-MIN_SAMPLES_CKA = 4  # the unbiased HSIC estimator divides by n(n-3) and (n-2)
-CHUNK_BYTES = 256 * 2**20  # float64 working memory per chunk of samples or Gram rows
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def _check_features(features: torch.Tensor, min_samples: int, what: str) -> None:
-    if not isinstance(features, torch.Tensor) or features.ndim != 3:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features)
-        raise ConfigError(
-            f"{what} expects per-layer features of shape (L, N, D) = (layers, samples, width), "
-            f"got {shape}. Stack the layers first (torch.stack(per_layer)); for token features "
-            f"(L, N, T, D) choose a reduction with reduce_tokens(hidden, 'cls' | 'mean' | 'all')."
-        )
-    num_samples = features.shape[1]
-    if num_samples < min_samples:
-        why = (
-            " (the unbiased HSIC estimator needs n >= 4, and fewer samples say nothing about "
-            "similarity)"
-            if min_samples >= MIN_SAMPLES_CKA
-            else ""
-        )
-        raise ConfigError(
-            f"{what} got {num_samples} samples; it needs at least {min_samples}{why}. "
-            f"Use more samples or a larger batch."
-        )
-    finite = torch.isfinite(features).flatten(1).all(1)  # (L,)
-    if not finite.all():
-        layers = _layer_list(~finite)
-        raise ConfigError(
-            f"{what}: features of layer(s) {layers} (1..L) contain NaN or inf. Check the model "
-            f"outputs (overflow in float16? a diverged checkpoint?) before measuring similarity."
-        )
-
-
-def _layer_list(mask: torch.Tensor) -> list[int]:
-    return (torch.nonzero(mask).flatten() + 1).tolist()
-
-
-def _varying_layers(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """(L,) bool: does any sample of the layer differ from the reference sample (L, D)?"""
-    return (features != reference[:, None]).flatten(1).any(1)
-
-
-def _raise_constant(constant: torch.Tensor, what: str) -> None:
-    if constant.any():
-        raise ConfigError(
-            f"{what}: layer(s) {_layer_list(constant)} (1..L) have the same features for every "
-            f"sample (zero variance), so their similarity to anything is undefined. Drop those "
-            f"layers, or check that the features are read where the sample actually varies "
-            f"(e.g. not a padding token or a frozen constant)."
-        )
-
-
-def _sample_chunks(features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Split (L, N, D) over samples so one float64 chunk stays within CHUNK_BYTES."""
-    num_layers, num_samples, dim = features.shape
-    per_chunk = max(1, CHUNK_BYTES // (8 * num_layers * dim))
-    return torch.split(features, per_chunk, dim=1)
-
-
-# --------------------------------------------------------------------------- COS
-
-
-def layer_means(batches: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Each layer's mean over all samples, (L, D) float64, from minibatches (L, B, D).
-
-    The first of the two passes that streaming COS with ``centering="samples"`` needs.
-    """
-    total, count = None, 0
-    for batch in batches:
-        _check_features(batch, 1, "layer_means")
-        batch_sum = batch.sum(dim=1, dtype=torch.float64)  # (L, D)
-        total = batch_sum if total is None else total + batch_sum
-        count += batch.shape[1]
-    if total is None:
-        raise ConfigError("layer_means got no batches.")
-    return total / count
-
-
-class CosAccumulator:
-    """Sample-wise cosine similarity accumulated over minibatches (L, B, D).
-
-    COS(l, l') = mean over samples i of cos(h~_i^l, h~_i^l'). With ``centering="samples"`` the
-    per-layer mean over all samples must be given as ``mean`` (L, D): compute it with
-    ``layer_means`` in a first pass, or ``features.mean(1)`` when everything fits in memory.
-    A vector that is zero after centring counts as cosine 0 with everything.
-    """
-
-    def __init__(self, centering: Centering = "samples", mean: torch.Tensor | None = None):
-        if centering not in ("samples", "features", "none"):
-            raise ConfigError(
-                f"Unknown COS centering '{centering}'; use 'samples' (subtract each layer's mean "
-                f"over samples, the default), 'features' (each vector's own mean) or 'none'."
-            )
-        if centering == "samples" and mean is None:
-            raise ConfigError(
-                "CosAccumulator(centering='samples') needs each layer's mean over ALL samples "
-                "before the first update: pass mean=layer_means(batches) (a first pass over the "
-                "data) or mean=features.mean(1)."
-            )
-        self.centering = centering
-        self.mean = None if mean is None else mean.to(torch.float64)  # (L, D)
-        self.cos_sum: torch.Tensor | None = None  # (L, L) float64
-        self.num_samples = 0
-        self._reference: torch.Tensor | None = None  # (L, D) first sample, to spot constants
-        self._varies: torch.Tensor | None = None  # (L,) bool
-
-    def update(self, batch_features: torch.Tensor) -> None:
-        _check_features(batch_features, 1, "CosAccumulator.update")
-        layers_and_width = (batch_features.shape[0], batch_features.shape[2])
-        if self.mean is not None and tuple(self.mean.shape) != layers_and_width:
-            raise ConfigError(
-                f"CosAccumulator mean has shape {tuple(self.mean.shape)} but the batch needs "
-                f"(L, D) = {layers_and_width}: one mean vector per layer."
-            )
-        if self._reference is None:
-            self._reference = batch_features[:, 0].clone()
-            self._varies = torch.zeros(batch_features.shape[0], dtype=torch.bool)
-        self._varies |= _varying_layers(batch_features, self._reference).cpu()
-        for chunk in _sample_chunks(batch_features):
-            x = chunk.to(torch.float64)  # (L, B, D)
-            if self.centering == "samples":
-                x = x - self.mean.to(x.device)[:, None]
-            elif self.centering == "features":
-                x = x - x.mean(dim=-1, keepdim=True)
-            unit = F.normalize(x, dim=-1)  # (L, B, D); zero vectors stay zero
-            flat = unit.flatten(1)  # (L, B*D): the sum over samples and width is one matmul
-            batch_sum = (flat @ flat.T).cpu()  # (L, L)
-            self.cos_sum = batch_sum if self.cos_sum is None else self.cos_sum + batch_sum
-            self.num_samples += x.shape[1]
-
-    def compute(self) -> torch.Tensor:
-        if self.cos_sum is None:
-            raise ConfigError("CosAccumulator.compute() called before any update().")
-        if self.centering == "samples":
-            _raise_constant(~self._varies, "COS")
-        cos = self.cos_sum / self.num_samples  # (L, L)
-        empty = cos.diagonal() == 0
-        if empty.any():
-            raise ConfigError(
-                f"COS: every vector of layer(s) {_layer_list(empty)} (1..L) is zero after "
-                f"centering='{self.centering}', so the cosine is undefined; try another centering "
-                f"or check the features."
-            )
-        return (cos + cos.T) / 2
-
-
-def sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine of each sample's two vectors, (..., D) x (..., D) -> (...) float64, uncentred (a
-    single sample cannot be centred over samples); a zero vector gives 0, as in COS."""
-    # eps as F.normalize's, which COS uses: norms below it are clamped, exact zeros give 0.
-    return F.cosine_similarity(a.to(torch.float64), b.to(torch.float64), dim=-1, eps=1e-12)
-
-
-def cos_similarity(features: torch.Tensor, centering: Centering = "samples") -> torch.Tensor:
-    """Sample-wise cosine similarity of all layer pairs: (L, N, D) -> (L, L) float64."""
-    _check_features(features, 2 if centering == "samples" else 1, "cos_similarity")
-    mean = features.mean(dim=1, dtype=torch.float64) if centering == "samples" else None
-    accumulator = CosAccumulator(centering, mean=mean)
-    accumulator.update(features)
-    return accumulator.compute()
+__all__ = [
+    "MIN_SAMPLES_CKA", "Bandwidth", "Centering", "CosAccumulator", "MinibatchCKA", "TokenMode",
+    "cos_similarity", "layer_means", "linear_cka", "minibatch_cka", "rbf_cka", "reduce_tokens",
+    "sample_cosine",
+]
 
 
 # --------------------------------------------------------------------------- HSIC and CKA
 
 
-def _hsic(
-    cross: torch.Tensor, diag: torch.Tensor, row_sums: torch.Tensor, unbiased: bool
-) -> torch.Tensor:
-    """HSIC of every pair of Gram matrices from their statistics, (L, L) float64.
+class _RowStats(NamedTuple):
+    """Per-layer statistics of a stack's Gram matrices K_a: diag(K_a) and K_a 1, both (L, N)."""
 
-    cross (L, L) = tr(K_a K_b); diag (L, N) = diag(K_a); row_sums (L, N) = K_a 1.
+    diag: torch.Tensor
+    row_sums: torch.Tensor
+
+
+def _hsic(
+    cross: torch.Tensor, a: _RowStats, b: _RowStats, unbiased: bool, diagonal: bool = False
+) -> torch.Tensor:
+    """HSIC of every pair of Gram matrices (K_a of one stack, L_b of the other), (L_A, L_B).
+
+    cross (L_A, L_B) = tr(K_a L_b). With ``diagonal=True`` a and b are the same stack and only
+    the self-pairs are wanted: cross is (L,) = tr(K_a K_a) and the result (L,).
     Biased: tr(K H L H) / (n-1)^2. Unbiased (Song et al. 2012, eq. 5, with K~ = K - diag(K)):
     [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)).
     """
-    n = diag.shape[1]
+    n = a.diag.shape[1]
+    dot: Callable = (lambda u, v: (u * v).sum(-1)) if diagonal else (lambda u, v: u @ v.T)
+    outer: Callable = torch.mul if diagonal else torch.outer
     if not unbiased:
-        totals = row_sums.sum(1)  # (L,) 1'K1
-        centred = cross - 2 * (row_sums @ row_sums.T) / n + torch.outer(totals, totals) / n**2
+        ta, tb = a.row_sums.sum(1), b.row_sums.sum(1)  # (L,) 1'K1
+        centred = cross - 2 * dot(a.row_sums, b.row_sums) / n + outer(ta, tb) / n**2
         return centred / (n - 1) ** 2
-    off_rows = row_sums - diag  # (L, N) K~ 1
-    off_totals = off_rows.sum(1)  # (L,) 1'K~1
-    trace = cross - diag @ diag.T  # tr(K~ L~)
-    middle = torch.outer(off_totals, off_totals) / ((n - 1) * (n - 2))
-    right = 2 * (off_rows @ off_rows.T) / (n - 2)
+    off_a, off_b = a.row_sums - a.diag, b.row_sums - b.diag  # (L, N) K~ 1
+    trace = cross - dot(a.diag, b.diag)  # tr(K~ L~)
+    middle = outer(off_a.sum(1), off_b.sum(1)) / ((n - 1) * (n - 2))
+    right = 2 * dot(off_a, off_b) / (n - 2)
     return (trace + middle - right) / (n * (n - 3))
 
 
@@ -241,78 +108,162 @@ def _full_float32_matmul() -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
-def _product_dtype(features: torch.Tensor) -> torch.dtype:
-    """float64 products for float64 features; float32 for float32 and lower precisions."""
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
+def _product_dtype(*stacks: torch.Tensor | None) -> torch.dtype:
+    """float64 products for float64 features; float32 when any is float32 or lower."""
+    dtypes = {stack.dtype for stack in stacks if stack is not None}
+    return torch.float64 if dtypes == {torch.float64} else torch.float32
 
 
-def _linear_gram_stats(
-    x: torch.Tensor, product_dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Statistics of K_a = X_a X_a' for all layers of x (L, N, D) float64, never holding L N×N.
+def _centred(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A new (L, N, D) tensor of ``dtype``: the features minus each layer's mean over samples.
 
-    tr(K_a K_b) = ||X_a' X_b||_F^2 costs ~L^2 N D^2 / 2 for all pairs in feature space and
-    ~L N^2 D through the Gram matrices; the Gram route wins below N ≈ 0.4 L D (measured on CPU,
-    float64; the cost ratio alone would say 0.5 L D).
+    HSIC is shift-invariant; centring avoids cancellation. The subtraction runs in float64, a
+    chunk of samples at a time, so a float32 result needs no full float64 copy. Stored
+    samples-major, (N, L, D) in memory, so the feature route of the linear statistics reads all
+    layers as one (N, L*D) matrix without copying. Always a copy: callers' tensors stay as they
+    were (an in-place centring once changed a float64 caller's features).
     """
-    num_layers, n, dim = x.shape
-    diag = torch.linalg.vector_norm(x, dim=-1).square()  # (L, N)
-    row_sums = (x @ x.sum(1)[..., None]).squeeze(-1)  # (L, N): K 1 = X (X' 1)
-    cross = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=x.device)
-    if n < 0.4 * num_layers * dim:  # Gram route, chunked over rows: L × rows × N at a time
-        rows_per_chunk = max(1, CHUNK_BYTES // (8 * num_layers * n))
-        for rows in torch.split(torch.arange(n, device=x.device), rows_per_chunk):
-            grams = x[:, rows] @ x.transpose(1, 2)  # (L, rows, N)
-            flat = grams.flatten(1)  # (L, rows*N)
-            cross += flat @ flat.T
-    else:  # feature route: D×D cross-covariances of layer a with layers a..L
-        # Samples-major (N, L*D), so each layer meets all later layers in one large GEMM, which
-        # BLAS runs ~15% faster than the same work as L-a batched D×N×D products.
-        flat = x.transpose(0, 1).reshape(n, num_layers * dim)  # a view for _centred_float64's x
-        flat = flat.to(product_dtype)
-        with _full_float32_matmul():
-            for a in range(num_layers):
-                blocks = flat[:, a * dim : (a + 1) * dim].T @ flat[:, a * dim :]  # (D, (L-a)*D)
-                squares = blocks.view(dim, num_layers - a, dim).to(torch.float64).pow(2)
-                cross[a, a:] = squares.sum((0, 2))
+    num_layers, num_samples, dim = features.shape
+    mean = features.mean(dim=1, dtype=torch.float64)[:, None]  # (L, 1, D)
+    out = torch.empty(num_samples, num_layers, dim, dtype=dtype, device=features.device)
+    for rows in sample_chunks(num_samples, 8 * num_layers * dim):
+        out[rows] = (features[:, rows].to(torch.float64) - mean).transpose(0, 1)
+    return out.transpose(0, 1)
+
+
+def _row_stats(x: torch.Tensor) -> _RowStats:
+    """diag(K_a) and K_a 1 for K_a = X_a X_a' of every layer of centred x (L, N, D), float64."""
+    column_sums = x.sum(1, dtype=torch.float64)[..., None]  # (L, D, 1): X' 1
+    diag, row_sums = [], []
+    for rows in sample_chunks(x.shape[1], 8 * x.shape[0] * x.shape[2]):
+        chunk = x[:, rows].to(torch.float64)  # (L, rows, D)
+        diag.append(chunk.pow(2).sum(-1))
+        row_sums.append((chunk @ column_sums).squeeze(-1))  # K 1 = X (X' 1)
+    return _RowStats(torch.cat(diag, 1), torch.cat(row_sums, 1))
+
+
+def _gram_route(x: torch.Size, y: torch.Size) -> bool:
+    """True when N×N Gram matrices are cheaper than D_A×D_B cross-covariances.
+
+    For all pairs tr(K_a L_b) = ||X_a' Y_b||_F^2 costs ~L_A L_B N D_A D_B in feature space and
+    ~N^2 (L_A D_A + L_B D_B) through the Gram matrices. Within one stack that is N < 0.5 L D by
+    the cost ratio; on CPU, float64, the measured crossover was N ≈ 0.4 L D, hence the 0.8.
+    """
+    (la, n, da), (lb, _, db) = x, y
+    return n * (la * da + lb * db) < 0.8 * la * lb * da * db
+
+
+def _linear_cross(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """tr(K_a L_b) for K_a = X_a X_a', L_b = Y_b Y_b' of centred x (L_A, N, D_A) and y
+    (L_B, N, D_B), (L_A, L_B) float64; within x alone (y None) each pair is computed once.
+
+    x and y must be samples-major views (from ``_centred``) for the feature route's flat reads,
+    and float64 where ``_gram_route`` holds. Neither route holds more than one chunk of N×N Gram
+    rows.
+    """
+    within = y is None
+    y = x if within else y
+    (la, n, da), (lb, _, db) = x.shape, y.shape
+    cross = torch.zeros(la, lb, dtype=torch.float64, device=x.device)
+    if _gram_route(x.shape, y.shape):  # chunked over rows: L × rows × N at a time
+        for rows in sample_chunks(n, 8 * (la + (0 if within else lb)) * n):
+            grams_x = (x[:, rows] @ x.transpose(1, 2)).flatten(1)  # (L_A, rows*N)
+            grams_y = grams_x if within else (y[:, rows] @ y.transpose(1, 2)).flatten(1)
+            cross += grams_x @ grams_y.T
+        return cross
+    # Feature route: D_A × D_B cross-covariances of layer a with every layer of y (within: with
+    # layers a..L only). Samples-major (N, L*D), so each layer meets all layers in one large
+    # GEMM, which BLAS runs ~15% faster than the same work as L batched D×N×D products.
+    flat_x = x.transpose(0, 1).reshape(n, la * da)  # a view of _centred's storage
+    flat_y = flat_x if within else y.transpose(0, 1).reshape(n, lb * db)
+    with _full_float32_matmul():
+        for a in range(la):
+            first = a if within else 0
+            blocks = flat_x[:, a * da : (a + 1) * da].T @ flat_y[:, first * db :]  # (D_A, *)
+            squares = blocks.view(da, lb - first, db).to(torch.float64).pow(2)
+            cross[a, first:] = squares.sum((0, 2))
+    if within:
         cross = torch.triu(cross) + torch.triu(cross, 1).T
-    return cross, diag, row_sums
+    return cross
 
 
-def _gram_stats(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Statistics of explicit Gram matrices (L, N, N)."""
+def _linear_self(x: torch.Tensor) -> torch.Tensor:
+    """tr(K_a K_a) = ||X_a' X_a||_F^2 of every layer of centred x (L, N, D), (L,) float64."""
+    num_layers, n, dim = x.shape
+    out = torch.empty(num_layers, dtype=torch.float64, device=x.device)
+    with _full_float32_matmul():
+        for a in range(num_layers):
+            layer = x[a]  # (N, D)
+            product = layer @ layer.T if n < dim else layer.T @ layer  # the smaller square
+            out[a] = product.to(torch.float64).pow(2).sum()
+    return out
+
+
+def _gram_stats(grams: torch.Tensor) -> tuple[torch.Tensor, _RowStats]:
+    """tr(K_a K_b) of explicit Gram matrices (L, N, N), and their row statistics."""
     flat = grams.flatten(1)  # (L, N*N)
-    return flat @ flat.T, grams.diagonal(dim1=1, dim2=2), grams.sum(-1)
+    return flat @ flat.T, _RowStats(grams.diagonal(dim1=1, dim2=2), grams.sum(-1))
+
+
+def _raise_degenerate(self_hsic: torch.Tensor, what: str, stack: str = "") -> None:
+    degenerate = ~(self_hsic > 0)
+    if degenerate.any():
+        of = f" of {stack}" if stack else ""
+        raise ConfigError(
+            f"{what}: HSIC of layer(s) {layer_list(degenerate.cpu())} (1..L){of} with itself is "
+            f"not positive, so CKA is undefined (near-constant features, or too few samples per "
+            f"batch for the unbiased estimator). Use more samples or drop those layers."
+        )
 
 
 def _cka_from_hsic(hsic: torch.Tensor, what: str) -> torch.Tensor:
+    """Within one stack: HSIC (L, L) -> CKA, normalised by its own diagonal."""
     self_hsic = hsic.diagonal()  # (L,)
-    degenerate = self_hsic <= 0
-    if degenerate.any():
-        raise ConfigError(
-            f"{what}: HSIC of layer(s) {_layer_list(degenerate)} (1..L) with itself is not "
-            f"positive, so CKA is undefined (near-constant features, or too few samples per "
-            f"batch for the unbiased estimator). Use more samples or drop those layers."
-        )
+    _raise_degenerate(self_hsic, what)
     cka = hsic / torch.sqrt(torch.outer(self_hsic, self_hsic))
-    return (cka + cka.T) / 2
+    return check_result((cka + cka.T) / 2, what)
 
 
-def _centred_float64(features: torch.Tensor) -> torch.Tensor:
-    """Float64 copy centred over samples: HSIC is shift-invariant, centring avoids cancellation."""
-    # Stored samples-major, (N, L, D) in memory, so the feature route of the linear statistics
-    # reads all layers as one (N, L*D) matrix without copying; returned as an (L, N, D) view.
-    x = features.transpose(0, 1).to(torch.float64, memory_format=torch.contiguous_format)
-    x -= x.mean(dim=0, keepdim=True)
-    return x.transpose(0, 1)
+def _cross_cka(
+    hsic: torch.Tensor, self_a: torch.Tensor, self_b: torch.Tensor, what: str
+) -> torch.Tensor:
+    """Across two stacks: HSIC (L_A, L_B) normalised by each layer's HSIC with itself."""
+    _raise_degenerate(self_a, what, STACKS[0])
+    _raise_degenerate(self_b, what, STACKS[1])
+    return check_result(hsic / torch.sqrt(torch.outer(self_a, self_b)), what)
 
 
-def linear_cka(features: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
-    """Linear CKA of all layer pairs: (L, N, D) -> (L, L) float64."""
-    _check_features(features, MIN_SAMPLES_CKA, "linear_cka")
-    _raise_constant(~_varying_layers(features, features[:, 0]), "linear_cka")
-    stats = _linear_gram_stats(_centred_float64(features), _product_dtype(features))
-    return _cka_from_hsic(_hsic(*stats, unbiased=unbiased), "linear_cka")
+def _linear_hsic(
+    features: torch.Tensor, other: torch.Tensor | None, unbiased: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Linear-kernel HSIC of all pairs, (L_A, L_B), with the self-HSIC of each stack when
+    ``other`` is given (within one stack the self-HSIC is the diagonal). ``dtype`` is that of
+    the feature route's products; the Gram route always runs in float64."""
+    if _gram_route(features.shape, (other if other is not None else features).shape):
+        dtype = torch.float64
+    x = _centred(features, dtype)
+    stats_x = _row_stats(x)
+    if other is None:
+        return _hsic(_linear_cross(x), stats_x, stats_x, unbiased), None, None
+    y = _centred(other, dtype)
+    stats_y = _row_stats(y)
+    hsic = _hsic(_linear_cross(x, y), stats_x, stats_y, unbiased)
+    self_x = _hsic(_linear_self(x), stats_x, stats_x, unbiased, diagonal=True)
+    self_y = _hsic(_linear_self(y), stats_y, stats_y, unbiased, diagonal=True)
+    return hsic, self_x, self_y
+
+
+def linear_cka(
+    features: torch.Tensor, other: torch.Tensor | None = None, *, unbiased: bool = False
+) -> torch.Tensor:
+    """Linear CKA of all layer pairs: (L, N, D) -> (L, L) float64, or with ``other``
+    (L_B, N, D_B) of a second model on the same samples -> (L, L_B)."""
+    check_inputs(features, other, MIN_SAMPLES_CKA, "linear_cka")
+    raise_constant_stacks(features, other, "linear_cka")
+    hsic, self_x, self_y = _linear_hsic(features, other, unbiased, _product_dtype(features, other))
+    if other is None:
+        return _cka_from_hsic(hsic, "linear_cka")
+    return _cross_cka(hsic, self_x, self_y, "linear_cka")
 
 
 def _median(values: torch.Tensor) -> torch.Tensor:
@@ -324,128 +275,163 @@ def _median(values: torch.Tensor) -> torch.Tensor:
     return (low + high) / 2
 
 
-def rbf_cka(
-    features: torch.Tensor, sigma_scale: float = 1.0, unbiased: bool = False
+def _rbf_grams(
+    features: torch.Tensor, sigma_scale: float, bandwidth: Bandwidth, stack: str
 ) -> torch.Tensor:
-    """RBF-kernel CKA of all layer pairs: (L, N, D) -> (L, L) float64.
+    """RBF Gram matrices (L, N, N) of every layer, bandwidth from that layer's median.
+
+    Squared distances come from |x|^2 + |y|^2 - 2 x.y (as in Kornblith et al.'s ``gram_rbf``),
+    so two identical samples are 0 only up to round-off of |x|^2; anything below that level
+    counts as an identical pair, both for the zero-median check and for "nonzero_median".
+    """
+    grams, zero_median = [], []
+    for layer in _centred(features, torch.float64):  # (N, D) each
+        sq_norms = layer.pow(2).sum(-1)  # (N,)
+        sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * layer @ layer.T).clamp_min(0)
+        identical = 1e3 * torch.finfo(torch.float64).eps * sq_norms.max()  # round-off level
+        distances = sq_dist if bandwidth == "median" else sq_dist[sq_dist > identical]
+        median = _median(distances) if distances.numel() else torch.zeros((), dtype=torch.float64)
+        zero_median.append(bool(median <= identical))
+        grams.append(torch.exp(-sq_dist / (2 * sigma_scale**2 * median)))
+    if any(zero_median):
+        of = f" of {stack}" if stack else ""
+        raise ConfigError(
+            f"rbf_cka: in layer(s) {layer_list(torch.tensor(zero_median))} (1..L){of} at least "
+            f"half of all sample pairs are identical (e.g. many all-zero ReLU vectors), so the "
+            f"median squared distance, the RBF bandwidth, is 0. Pass bandwidth='nonzero_median' "
+            f"(the median over distinct pairs only), or use linear_cka."
+        )
+    return torch.stack(grams)
+
+
+def rbf_cka(
+    features: torch.Tensor,
+    other: torch.Tensor | None = None,
+    *,
+    sigma_scale: float = 1.0,
+    unbiased: bool = False,
+    bandwidth: Bandwidth = "median",
+) -> torch.Tensor:
+    """RBF-kernel CKA of all layer pairs: (L, N, D) -> (L, L) float64, or (L, L_B) with ``other``.
 
     As in Kornblith et al.'s ``gram_rbf``: k(x, y) = exp(-|x-y|^2 / (2 s^2 m)) with s =
     ``sigma_scale`` and m the median of all N×N squared distances of that layer (diagonal
-    included), i.e. bandwidth ≈ sigma_scale × median distance. Holds the L N×N Gram matrices.
+    included), i.e. bandwidth ≈ sigma_scale × median distance. When at least half the pairs are
+    identical that median is 0: an error, unless ``bandwidth="nonzero_median"`` takes m over the
+    non-zero distances only. Holds the N×N Gram matrices of every layer (both stacks).
     """
-    _check_features(features, MIN_SAMPLES_CKA, "rbf_cka")
-    _raise_constant(~_varying_layers(features, features[:, 0]), "rbf_cka")
-    x = _centred_float64(features)  # (L, N, D)
-    grams = []
-    for layer in x:
-        sq_dist = torch.cdist(layer, layer).pow(2)  # (N, N)
-        grams.append(torch.exp(-sq_dist / (2 * sigma_scale**2 * _median(sq_dist))))
-    hsic = _hsic(*_gram_stats(torch.stack(grams)), unbiased=unbiased)  # grams: (L, N, N)
-    return _cka_from_hsic(hsic, "rbf_cka")
+    if bandwidth not in ("median", "nonzero_median"):
+        raise ConfigError(f"rbf_cka bandwidth='{bandwidth}'; use 'median' or 'nonzero_median'.")
+    if not sigma_scale > 0:
+        raise ConfigError(f"rbf_cka sigma_scale={sigma_scale}; it must be positive (1 is usual).")
+    check_inputs(features, other, MIN_SAMPLES_CKA, "rbf_cka")
+    raise_constant_stacks(features, other, "rbf_cka")
+    grams_x = _rbf_grams(features, sigma_scale, bandwidth, "" if other is None else STACKS[0])
+    cross_x, stats_x = _gram_stats(grams_x)
+    if other is None:
+        return _cka_from_hsic(_hsic(cross_x, stats_x, stats_x, unbiased), "rbf_cka")
+    grams_y = _rbf_grams(other, sigma_scale, bandwidth, STACKS[1])
+    cross_y, stats_y = _gram_stats(grams_y)
+    hsic = _hsic(grams_x.flatten(1) @ grams_y.flatten(1).T, stats_x, stats_y, unbiased)
+    self_x = _hsic(cross_x.diagonal(), stats_x, stats_x, unbiased, diagonal=True)
+    self_y = _hsic(cross_y.diagonal(), stats_y, stats_y, unbiased, diagonal=True)
+    return _cross_cka(hsic, self_x, self_y, "rbf_cka")
 
 
 class MinibatchCKA:
     """Minibatch linear CKA (Nguyen et al. 2021) of all layer pairs.
 
-    Each ``update(batch (L, B, D))`` adds the unbiased HSIC of every layer pair on that batch to
-    a float64 (L, L) sum; ``compute()`` returns HSIC(a, b) / sqrt(HSIC(a, a) HSIC(b, b)). Memory
-    is O(L B^2) or O(L D^2) per batch, never N^2. Batches need B >= 4.
+    Each ``update(batch (L, B, D))`` adds the unbiased HSIC of every layer pair on that batch,
+    weighted by B(B-3), to a float64 (L, L) sum; ``compute()`` returns HSIC(a, b) /
+    sqrt(HSIC(a, a) HSIC(b, b)) of the sums. The weight is Nguyen et al.'s reference code
+    (``efficient_CKA.py`` sums inner products of U-centred Gram matrices, i.e. B(B-3) × HSIC):
+    a short last batch counts for what it holds instead of as much as a full one. Memory is
+    O(L B^2) or O(L D^2) per batch, never N^2. Batches need B >= 4.
+
+    Across two models: ``MinibatchCKA(L, other_layers=L_B)`` and ``update(batch, other_batch)``
+    with both models' features of the same samples; ``compute()`` is then (L, L_B).
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, other_layers: int | None = None):
         self.num_layers = num_layers
-        self.hsic_sum = torch.zeros(num_layers, num_layers, dtype=torch.float64)
+        self.other_layers = other_layers
+        self.hsic_sum = torch.zeros(num_layers, other_layers or num_layers, dtype=torch.float64)
+        self.self_sums = (
+            None if other_layers is None
+            else (torch.zeros(num_layers, dtype=torch.float64),
+                  torch.zeros(other_layers, dtype=torch.float64))
+        )
+        self.weight_sum = 0.0  # Σ B(B-3) over batches
         self.num_batches = 0
-        self._reference: torch.Tensor | None = None  # (L, D) first sample, to spot constants
-        self._varies = torch.zeros(num_layers, dtype=torch.bool)
+        self.num_samples = 0
+        self._constant: list[torch.Tensor | None] = [None, None]  # (L,) per stack
+        self._reference: list[torch.Tensor | None] = [None, None]  # (L, D) first sample
 
-    def update(self, batch_features: torch.Tensor) -> None:
-        _check_features(batch_features, MIN_SAMPLES_CKA, "MinibatchCKA.update")
-        if batch_features.shape[0] != self.num_layers:
+    def _observe(self, index: int, batch: torch.Tensor, expected: int, name: str) -> None:
+        if batch.shape[0] != expected:
             raise ConfigError(
-                f"MinibatchCKA was built for {self.num_layers} layers but got a batch with "
-                f"{batch_features.shape[0]}; every batch must stack the same layers."
+                f"MinibatchCKA was built for {expected} layers{name} but got a batch with "
+                f"{batch.shape[0]}; every batch must stack the same layers."
             )
-        if self._reference is None:
-            self._reference = batch_features[:, 0].clone()
-        self._varies |= _varying_layers(batch_features, self._reference).cpu()
-        stats = _linear_gram_stats(_centred_float64(batch_features))
-        self.hsic_sum += _hsic(*stats, unbiased=True).cpu()
+        if self._reference[index] is None:
+            self._reference[index] = batch[:, 0].clone()
+            self._constant[index] = torch.ones(batch.shape[0], dtype=torch.bool)
+        self._constant[index] &= ~varying_layers(batch, self._reference[index]).cpu()
+
+    def update(self, batch_features: torch.Tensor, other_features: torch.Tensor | None = None):
+        if (other_features is None) != (self.other_layers is None):
+            raise ConfigError(
+                "MinibatchCKA: pass a second batch (update(batch, other_batch)) exactly when it "
+                "was built for two models (MinibatchCKA(num_layers, other_layers=...))."
+            )
+        check_inputs(batch_features, other_features, MIN_SAMPLES_CKA, "MinibatchCKA.update")
+        n = batch_features.shape[1]
+        weight = n * (n - 3)
+        if other_features is None:
+            self._observe(0, batch_features, self.num_layers, "")
+            hsic, _, _ = _linear_hsic(batch_features, None, True, torch.float64)
+        else:
+            self._observe(0, batch_features, self.num_layers, " of model A")
+            self._observe(1, other_features, self.other_layers, " of model B")
+            hsic, self_x, self_y = _linear_hsic(batch_features, other_features, True,
+                                                torch.float64)
+            self.self_sums[0].add_(weight * self_x.cpu())
+            self.self_sums[1].add_(weight * self_y.cpu())
+        self.hsic_sum += weight * hsic.cpu()
+        self.weight_sum += weight
         self.num_batches += 1
+        self.num_samples += n
 
     def compute(self) -> torch.Tensor:
         if self.num_batches == 0:
             raise ConfigError("MinibatchCKA.compute() called before any update().")
-        _raise_constant(~self._varies, "MinibatchCKA")
-        return _cka_from_hsic(self.hsic_sum / self.num_batches, "MinibatchCKA")
+        if self.self_sums is None:
+            raise_constant(self._constant[0], "MinibatchCKA")
+            return _cka_from_hsic(self.hsic_sum / self.weight_sum, "MinibatchCKA")
+        for index, name in enumerate(STACKS):
+            raise_constant(self._constant[index], "MinibatchCKA", name)
+        self_x, self_y = (sums / self.weight_sum for sums in self.self_sums)
+        return _cross_cka(self.hsic_sum / self.weight_sum, self_x, self_y, "MinibatchCKA")
 
 
-def minibatch_cka(features: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Minibatch CKA over consecutive batches of ``features`` (L, N, D) -> (L, L) float64.
+def minibatch_cka(
+    features: torch.Tensor, other: torch.Tensor | None = None, *, batch_size: int = 256
+) -> torch.Tensor:
+    """Minibatch CKA over consecutive batches of ``features`` (L, N, D) -> (L, L) float64, or
+    of both stacks' same samples with ``other`` (L_B, N, D_B) -> (L, L_B).
 
     N is cut into N // batch_size nearly equal batches (each >= batch_size, none left short).
     """
-    _check_features(features, MIN_SAMPLES_CKA, "minibatch_cka")
+    check_inputs(features, other, MIN_SAMPLES_CKA, "minibatch_cka")
     if batch_size < MIN_SAMPLES_CKA:
         raise ConfigError(
             f"minibatch_cka batch_size={batch_size}; the unbiased HSIC needs at least "
             f"{MIN_SAMPLES_CKA} samples per batch (a few hundred is usual)."
         )
-    accumulator = MinibatchCKA(features.shape[0])
+    accumulator = MinibatchCKA(features.shape[0], None if other is None else other.shape[0])
     num_batches = max(1, features.shape[1] // batch_size)
-    for batch in torch.tensor_split(features, num_batches, dim=1):
-        accumulator.update(batch)
+    batches = torch.tensor_split(features, num_batches, dim=1)
+    others = [None] * num_batches if other is None else torch.tensor_split(other, num_batches, 1)
+    for batch, other_batch in zip(batches, others, strict=True):
+        accumulator.update(batch, other_batch)
     return accumulator.compute()
-
-
-# --------------------------------------------------------------------------- tokens
-
-
-def reduce_tokens(
-    hidden: torch.Tensor, mode: TokenMode, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """One vector per sample from token features (L, N, T, D) or (N, T, D).
-
-    - ``"cls"``: token 0 -> (L, N, D); the mask is not consulted (token 0 is always real).
-    - ``"mean"``: mean over valid tokens (``attention_mask`` (N, T), 1 = real token; all tokens
-      when None) -> (L, N, D).
-    - ``"all"``: every valid token becomes a sample -> (L, N*T, D), or (L, M, D) with M valid
-      tokens when masked, in sample-major order.
-    The leading L is dropped again for (N, T, D) input.
-    """
-    if hidden.ndim not in (3, 4):
-        raise ConfigError(
-            f"reduce_tokens expects (L, N, T, D) or (N, T, D) token features, got "
-            f"{tuple(hidden.shape)}."
-        )
-    single_layer = hidden.ndim == 3
-    tokens = hidden[None] if single_layer else hidden  # (L, N, T, D)
-    num_samples, num_tokens = tokens.shape[1:3]
-    if attention_mask is not None and attention_mask.shape != (num_samples, num_tokens):
-        raise ConfigError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}; expected (N, T) = "
-            f"({num_samples}, {num_tokens}) to match the token features."
-        )
-    valid = None if attention_mask is None else attention_mask.to(tokens.device).bool()  # (N, T)
-
-    if mode == "cls":
-        reduced = tokens[:, :, 0]  # (L, N, D)
-    elif mode == "mean":
-        if valid is None:
-            reduced = tokens.mean(dim=2)  # (L, N, D)
-        else:
-            counts = valid.sum(dim=1)  # (N,)
-            if (counts == 0).any():
-                empty = (torch.nonzero(counts == 0).flatten()).tolist()
-                raise ConfigError(
-                    f"reduce_tokens('mean'): samples {empty[:10]} have no valid token in "
-                    f"attention_mask; mean pooling is undefined for them."
-                )
-            weights = valid.to(tokens.dtype)[None, :, :, None]  # (1, N, T, 1)
-            reduced = (tokens * weights).sum(dim=2) / counts.to(tokens.dtype)[None, :, None]
-    elif mode == "all":
-        # (L, N*T, D), or (L, M, D) with M valid tokens
-        reduced = tokens.flatten(1, 2) if valid is None else tokens[:, valid]
-    else:
-        raise ConfigError(f"Unknown token reduction '{mode}'; use 'cls', 'mean' or 'all'.")
-    return reduced[0] if single_layer else reduced
