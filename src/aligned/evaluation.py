@@ -289,5 +289,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("wandb"):
         from aligned.analysis.wandb_logging import log_evaluation
 
-        log_evaluation(cfg, summaries, figure_paths, run_dir)
+        log_evaluation(cfg, summaries, figure_paths, run_dir,
+                       [checkpoint.run_config for checkpoint in loaded])  # joins its group
     return evaluation

@@ -10,6 +10,7 @@ import lightning as L
 from hydra.utils import get_class
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, open_dict
 
 from aligned.config import ConfigError, build
@@ -17,6 +18,7 @@ from aligned.training import run_directory
 from aligned.training.atomic_files import AtomicCheckpointIO
 from aligned.training.callbacks import EpochSeed, RunConfigInCheckpoint, TrainingTime
 from aligned.training.interruption import Interrupted
+from aligned.training.loggers import build_logger, logger_callbacks
 from aligned.training.results import format_table, layer_values, write_results
 from aligned.training.resume import (
     AUTO,
@@ -67,6 +69,7 @@ def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
     # Where the resumed run stopped; the checkpoint itself loads again in fit(), so it is not
     # held in memory meanwhile.
     resumed_at = (resumed["epoch"], resumed["global_step"]) if resumed else None
+    resumed_logger = resumed["run_config"].get("logger") if resumed else None  # its W&B run id
     del resumed
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)  # loggers interpolate ${run_dir}
@@ -95,10 +98,12 @@ def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
         dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False,
         save_on_train_epoch_end=True,
     )
-    logger = build(cfg.logger) if cfg.get("logger") else False
+    parameters = {"total": sum(p.numel() for p in system.parameters()),
+                  "shared_head": system.backbone.head_parameters(), "objective_extra": extra}
+    logger = build_logger(cfg, parameters, resumed_logger)  # before cfg is stored in checkpoints
     timer = TrainingTime()
     callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed), timer,
-                 *user_callbacks(cfg, logger)]
+                 *user_callbacks(cfg, logger), *logger_callbacks(logger)]
     try:
         trainer: L.Trainer = build(
             cfg.trainer, surface=(MisconfigurationException,), default_root_dir=str(run_dir),
@@ -226,7 +231,7 @@ def user_callbacks(cfg: DictConfig, logger: Any) -> list[Callback]:
 
 def finish_wandb(logger: Any) -> None:
     """Close the W&B run so the next job of a multirun starts its own run (never merges)."""
-    if type(logger).__name__ == "WandbLogger":
+    if isinstance(logger, WandbLogger):
         import wandb
 
         wandb.finish()
