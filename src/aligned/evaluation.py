@@ -49,6 +49,7 @@ from aligned.typed_settings import EVALUATE_KEYS, check_settings
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
+STANDARD_TARGET = "aligned.models.objectives.StandardObjective"
 
 
 def evaluation_dataloader(run_config: dict, data_overrides: dict, split: str) -> Any:
@@ -84,6 +85,7 @@ class LoadedCheckpoint:
     data_overrides: dict
     model_path: str | None
     split_changes: dict = field(default_factory=dict)  # split settings changed by data.*
+    pretrained: bool = False  # a model as it is (no ckpt_path): ``path`` names it
 
 
 def analyse_checkpoint(
@@ -100,7 +102,8 @@ def analyse_checkpoint(
                                  autocast=autocast)
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
     summary = {
-        "checkpoint": str(Path(loaded.path).resolve()),
+        "checkpoint": str(Path(loaded.path).resolve()) if not loaded.pretrained else None,
+        **({"pretrained": loaded.path} if loaded.pretrained else {}),
         "names": run_config.get("names", {}),
         "seed": run_config.get("seed"),
         "split": cfg.split,
@@ -221,6 +224,8 @@ def load_for_evaluation(
     checkpoint = read_checkpoint(path, key=key)  # ``key``: the setting that named it
     run_config = checkpoint["run_config"]
     data_overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    if "_target_" in data_overrides:  # a data group (a pretrained model beside): its stubs only
+        data_overrides = {key: data_overrides.get(key) for key in OVERRIDE_STUBS["data"]}
     new_path = (cfg.get("model") or {}).get("name_or_path")
     stored = checkpoint["hyper_parameters"]["model"].get("name_or_path")
     # How the blocks run (model.compile=false evaluates a model trained compiled, or the reverse).
@@ -235,10 +240,58 @@ def load_for_evaluation(
                             data_overrides, stored, changes)
 
 
+# evaluate.yaml's override stubs (null: keep the checkpoint's value); a model analysed as it is
+# takes its groups' values, or the class defaults where a group sets none.
+OVERRIDE_STUBS = {"model": ("name_or_path",), "data": ("data_dir", "batch_size")}
+
+
+def pretrained_model(cfg: DictConfig) -> bool:
+    """True when evaluate.py analyses a model as it is: a model group chosen, no ckpt_path."""
+    return cfg.get("ckpt_path") is None and "_target_" in (cfg.get("model") or {})
+
+
+def load_pretrained(cfg: DictConfig) -> LoadedCheckpoint:
+    """A pretrained classifier with its own head, as ``model=<group> data=<group>`` build it:
+    no training, the standard objective (the model's own head on the last layer, the same head
+    read at every layer)."""
+    if "_target_" not in (cfg.get("data") or {}):
+        raise ConfigError(f"model={choice('model')} without a checkpoint needs the data it is "
+                          "evaluated on too: add data=<group> (e.g. data=glue data.task=sst2).")
+    sections = {}
+    for name in ("model", "data"):
+        section = OmegaConf.to_container(cfg[name], resolve=False)
+        for key in OVERRIDE_STUBS[name]:
+            if section.get(key) is None:
+                section.pop(key, None)
+        sections[name] = section
+    plain = OmegaConf.create(sections)  # resolves ${data.num_classes} and the tokenizer path
+    model, data = (OmegaConf.to_container(plain[name], resolve=True) for name in ("model", "data"))
+    datamodule = build(OmegaConf.create(data))
+    metrics = tuple(getattr(datamodule, "metrics", ("accuracy",)))
+    system = LayerwiseClassifier(model, {"_target_": STANDARD_TARGET}, metrics=metrics).eval()
+    names = {"model": choice("model"), "data": choice("data"), "loss": "pretrained"}
+    label = model.get("name_or_path") or model.get("checkpoint_path") or model.get("name")
+    run_config = {"model": model, "data": data, "loss": {"_target_": STANDARD_TARGET},
+                  "names": names, "seed": None}
+    return LoadedCheckpoint(str(label), run_config, system, {}, model.get("name_or_path"),
+                            pretrained=True)
+
+
+def choice(group: str) -> str | None:
+    """The option chosen for a config group (model=minilm: 'minilm'), when Hydra ran."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # composed without Hydra's runtime config
+        return None
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
+    if cfg.get("ckpt_path") is None and not pretrained_model(cfg):
         raise ConfigError("Give the checkpoint to analyse: python evaluate.py "
-                          "ckpt_path=<run dir>/checkpoints/last.ckpt")
+                          "ckpt_path=<run dir>/checkpoints/last.ckpt, or a pretrained model as it "
+                          "is: python evaluate.py model=<group> data=<group>.")
     check_settings(cfg, EVALUATE_KEYS, ())
     # Fractions of accuracy (0.01 = one point).
     number("early_exit.max_drop", (cfg.get("early_exit") or {}).get("max_drop", 0.01), 0, 1,
@@ -249,7 +302,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = [cfg.ckpt_path] + ([cfg.compare_to] if cfg.get("compare_to") else [])
-    loaded = [load_for_evaluation(paths[0], cfg)]
+    loaded = [load_pretrained(cfg) if pretrained_model(cfg) else load_for_evaluation(paths[0], cfg)]
     if len(paths) > 1:
         loaded.append(load_for_evaluation(paths[1], cfg, moved_from=loaded[0].model_path,
                                           key="compare_to"))

@@ -27,7 +27,7 @@ from aligned.config import ConfigError
 # Keys of train.py's and evaluate.py's own (not a target's), by dotted path.
 TRAIN_KEYS: dict[str, Any] = {"seed": int, "resume": str | None, "overwrite": bool}
 EVALUATE_KEYS: dict[str, Any] = {
-    "ckpt_path": str,
+    "ckpt_path": str | None,
     "compare_to": str | None,
     "split": Literal["test", "val"],
     "allow_other_split": bool,

@@ -46,7 +46,8 @@ class TimmViT(LayerwiseBackbone):
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
-        if not timm.is_model(name):
+        # "local-dir:<dir>" / "hf-hub:<id>": a model saved by timm (save_for_hf, aligned.export)
+        if not timm.is_model(name) and not name.startswith(("local-dir:", "hf-hub:")):
             raise ConfigError(
                 f"Unknown timm model '{name}'. Pick a Vision Transformer name from "
                 "timm.list_models('vit_*') or timm.list_models('deit_*'), "
