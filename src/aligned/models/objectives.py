@@ -7,6 +7,9 @@
   ``uniform``, or an explicit list (normalised to sum to 1).
 - ``MultiExitObjective``: the standard multi-exit baseline; a separate linear classifier per
   hidden layer (the last layer keeps the model's head), trained with the same weighting.
+
+``forward`` takes the stacked logits (L, B, C); ``feature_loss`` gives the same loss from the
+features, one layer's logits at a time (causal LMs, where C is the vocabulary).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from aligned.config import ConfigError
 
@@ -100,6 +104,29 @@ class LayerwiseObjective(nn.Module):
         logits = layer_logits[used]  # (K, B, C)
         return (weights[used] * layer_losses(logits, target)).sum()
 
+    def feature_loss(
+        self, features: torch.Tensor, head: Head, target: torch.Tensor, step: int = 0
+    ) -> torch.Tensor:
+        """The same loss from the features (L, N, D), one layer's logits at a time: for a
+        causal LM, all layers' logits at once (L x tokens x vocabulary) would not fit. With more
+        than one weighted layer, each layer's head + loss is recomputed in backward (activation
+        checkpointing), so autograd keeps the features and never more than one layer's logits."""
+        weights = self.weights_at(step)
+        used = weights.nonzero().squeeze(1).tolist()
+
+        def loss_at(layer_features: torch.Tensor, layer: int) -> torch.Tensor:
+            logits = self.logits_at(layer, layer_features, head)  # (N, C)
+            return layer_losses(logits[None], target)[0]
+
+        total = features.new_zeros(())
+        for index in used:
+            if len(used) > 1:
+                loss = checkpoint(loss_at, features[index], index + 1, use_reentrant=False)
+            else:  # one layer (standard): its logits are all autograd keeps anyway
+                loss = loss_at(features[index], index + 1)
+            total = total + weights[index] * loss
+        return total
+
 
 class StandardObjective(LayerwiseObjective):
     """Standard training: cross-entropy on the last layer only."""
@@ -136,7 +163,8 @@ class AlignedObjective(LayerwiseObjective):
 class MultiExitObjective(LayerwiseObjective):
     """Standard multi-exit baseline: one linear classifier per hidden layer 1..L-1.
 
-    Adds (L-1)·(C·D + C) parameters; the last layer keeps the model's own head.
+    Adds (L-1)·(C·D + C) parameters, (L-1)·C·D with ``bias=false`` (the authors' GPT-2
+    baseline: ``Linear(d, vocab, bias=False)`` per layer); the last layer keeps the model's head.
     """
 
     def __init__(
@@ -145,10 +173,11 @@ class MultiExitObjective(LayerwiseObjective):
         feature_dim: int,
         num_classes: int,
         weighting: str | Sequence[float] = "linear",
+        bias: bool = True,
     ) -> None:
         super().__init__(num_layers, feature_dim, num_classes, weighting)
         self.exit_heads = nn.ModuleList(
-            nn.Linear(feature_dim, num_classes) for _ in range(num_layers - 1)
+            nn.Linear(feature_dim, num_classes, bias=bias) for _ in range(num_layers - 1)
         )
 
     def layer_logits(self, features: torch.Tensor, head: Head) -> torch.Tensor:

@@ -204,8 +204,9 @@ def check_input_kinds(cfg: DictConfig) -> None:
     if None not in kinds.values() and kinds["model"] != kinds["data"]:
         raise ConfigError(
             f"model={cfg.names.model} reads {kinds['model']} but data={cfg.names.data} holds "
-            f"{kinds['data']}: pair a text model (bert, minilm) with data=glue, and an image "
-            "model (vit, vit_s, vit_b, deit_s, deit_b) with digits, cifar10, cifar100 or imagenet."
+            f"{kinds['data']}: pair a text model (bert, minilm) with data=glue, a causal LM "
+            "(gpt2, smollm2) with data=text, and an image model (vit, vit_s, vit_b, deit_s, "
+            "deit_b) with digits, cifar10, cifar100 or imagenet."
         )
 
 
@@ -238,7 +239,10 @@ def finish_wandb(logger: Any) -> None:
 
 
 def check_classes(system: LayerwiseClassifier, datamodule: Any) -> None:
-    model_classes, data_classes = system.backbone.num_classes, datamodule.num_classes
+    # A causal LM's classes are its vocabulary, which the text data does not fix (the model
+    # checks the token ids it is given).
+    model_classes = system.backbone.num_classes
+    data_classes = getattr(datamodule, "num_classes", model_classes)
     if model_classes != data_classes:
         raise ConfigError(
             f"The model predicts {model_classes} classes but the data has {data_classes}. "

@@ -1,8 +1,10 @@
-"""Per-layer task metrics: accuracy by default, the GLUE metrics where a task asks for them."""
+"""Per-layer task metrics: accuracy by default, the GLUE metrics where a task asks for them,
+perplexity for causal LMs (whose "classes" are the vocabulary, one prediction per token)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.classification import (
     BinaryF1Score,
@@ -19,6 +21,7 @@ METRIC_KEYS = {
     "matthews": "mcc",
     "pearson": "pearson",
     "spearman": "spearman",
+    "perplexity": "ppl",
 }
 REGRESSION_METRICS = ("pearson", "spearman")
 
@@ -38,6 +41,8 @@ def build_metric(name: str, num_classes: int) -> Metric:
         return BinaryF1Score()
     if name == "matthews":
         return MatthewsCorrCoef(num_classes)
+    if name == "perplexity":
+        return Perplexity()
     return PearsonCorrCoef() if name == "pearson" else SpearmanCorrCoef()
 
 
@@ -54,6 +59,29 @@ class MatthewsCorrCoef(MulticlassMatthewsCorrCoef):
         scale = ((total**2 - true @ true) * (total**2 - predicted @ predicted)).sqrt()
         mcc = covariance / scale if scale > 0 else confmat.new_zeros(())
         return mcc.float()
+
+
+class Perplexity(Metric):
+    """exp(mean cross-entropy) over every prediction of the split (tokens, for an LM): the
+    summed negative log-likelihood and the count accumulate, so batches of any size weigh by
+    their tokens. Reads logits (N, C), not class ids; padding never reaches it (the system
+    passes only the tokens with a target)."""
+
+    reads_logits = True
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.nll += F.cross_entropy(logits.float(), target, reduction="sum").double()
+        self.count += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return (self.nll / self.count.clamp(min=1)).exp().float()
 
 
 def metric_input(logits: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -10,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from aligned.config import ConfigError, TrainingDiverged, build
+from aligned.models.next_token import next_token_pairs
 from aligned.training.metrics import METRIC_KEYS, build_metric, metric_input
 from aligned.training.optim import adamw_with_warmup_cosine
 
@@ -45,6 +47,11 @@ class LayerwiseClassifier(L.LightningModule):
 
     ``metrics`` come from the data (accuracy by default; GLUE tasks name theirs); the first
     is the headline. A model with one output is a regression (STS-B).
+
+    A causal LM backbone (``task == "causal_lm"``) predicts the next token at every position:
+    each token with a target is one prediction (``next_token_pairs``), and the loss and the
+    metrics take one layer's logits at a time, since all L layers' logits over the vocabulary
+    would not fit in memory.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class LayerwiseClassifier(L.LightningModule):
             num_classes=self.backbone.num_classes,
         )
         self.optim = optim
+        self.next_token = getattr(self.backbone, "task", "classification") == "causal_lm"
         # One metric object per (split, metric, layer): Lightning computes, syncs across ranks
         # and resets them at the end of each epoch.
         self.layer_metrics = nn.ModuleDict({
@@ -84,13 +92,36 @@ class LayerwiseClassifier(L.LightningModule):
         return self.backbone.num_layers
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        """Per-layer logits (L, B, C)."""
-        features = self.backbone.layer_features(inputs)  # (L, B, D)
+        """Per-layer logits (L, B, C); (L, B, T, V) for a causal LM."""
+        features = self.backbone.layer_features(inputs)  # (L, B, D) or (L, B, T, D)
         return self.objective.layer_logits(features, self.backbone.head)
 
+    def token_features(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A causal LM batch as predictions: features (L, N, D) of the N tokens with a target,
+        and those targets, the next tokens (N,)."""
+        inputs, labels = unpack(batch)
+        features = self.backbone.layer_features(inputs)  # (L, B, T, D)
+        return next_token_pairs(features, labels, inputs.get("attention_mask"))
+
+    def layer_logits_and_target(self, batch: Any) -> tuple[Iterable[torch.Tensor], torch.Tensor]:
+        """Each layer's logits, in order, and the target: (L, B, C) and (B,) for a classifier;
+        for a causal LM, (N, V) logits computed one layer at a time, and the N next tokens."""
+        if not self.next_token:
+            inputs, target = unpack(batch)
+            return self(inputs), target
+        features, target = self.token_features(batch)
+        head, layers = self.backbone.head, range(1, self.num_layers + 1)
+        return (self.objective.logits_at(layer, features[layer - 1], head) for layer in layers
+                ), target
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        inputs, target = unpack(batch)
-        loss = self.objective(self(inputs), target, step=self.global_step)
+        if self.next_token:
+            features, target = self.token_features(batch)  # (L, N, D), (N,)
+            loss = self.objective.feature_loss(features, self.backbone.head, target,
+                                               step=self.global_step)
+        else:
+            inputs, target = unpack(batch)
+            loss = self.objective(self(inputs), target, step=self.global_step)
         if not torch.isfinite(loss):  # stop before a NaN reaches the weights or a checkpoint
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else None
             raise TrainingDiverged(
@@ -109,16 +140,18 @@ class LayerwiseClassifier(L.LightningModule):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch: Any, split: str) -> None:
-        inputs, target = unpack(batch)
-        logits = self(inputs)  # (L, B, C)
-        predictions = [metric_input(layer_logits) for layer_logits in logits]
-        for name in self.metric_names:
-            metrics = self.layer_metrics[f"{split}_{name}"]
-            for layer, (metric, pred) in enumerate(zip(metrics, predictions, strict=True), start=1):
-                metric.update(pred, target)
+        layer_logits, target = self.layer_logits_and_target(batch)
+        for layer, logits in enumerate(layer_logits, start=1):  # (B, C) or (N, V)
+            prediction = metric_input(logits)
+            for name in self.metric_names:
+                metric = self.layer_metrics[f"{split}_{name}"][layer - 1]
+                # Perplexity reads the logits; the other metrics the predicted class.
+                metric.update(logits if getattr(metric, "reads_logits", False) else prediction,
+                              target)
                 self.log(layer_key(split, layer, name), metric, on_step=False, on_epoch=True)
-            self.log(headline_key(split, name), metrics[-1], on_step=False, on_epoch=True,
-                     prog_bar=name == self.metric_names[0])
+        for name in self.metric_names:
+            self.log(headline_key(split, name), self.layer_metrics[f"{split}_{name}"][-1],
+                     on_step=False, on_epoch=True, prog_bar=name == self.metric_names[0])
 
     def configure_optimizers(self) -> dict:
         return adamw_with_warmup_cosine(

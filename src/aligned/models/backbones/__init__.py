@@ -11,7 +11,8 @@ from typing import Any
 
 from aligned.models.backbones.base import BlockState, LayerwiseBackbone
 
-FAMILIES = {"TimmViT": "timm_vit", "HFEncoder": "hf_encoder"}  # class -> its module
+# class -> its module
+FAMILIES = {"TimmViT": "timm_vit", "HFEncoder": "hf_encoder", "HFDecoder": "hf_decoder"}
 
 __all__ = ["BlockState", "LayerwiseBackbone", *FAMILIES]
 
