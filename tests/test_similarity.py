@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from similarity_references import (
+    layered_features,
+    nguyen_minibatch_cka,
+    slow_linear_cka,
+)
 
 from aligned.analysis import feature_stacks
 from aligned.analysis.similarity import (
@@ -20,54 +25,7 @@ from aligned.analysis.similarity import (
 )
 from aligned.config import ConfigError
 
-
-def layered_features(num_layers: int, num_samples: int, dim: int, seed: int = 0) -> torch.Tensor:
-    """(L, N, D) float32 features drifting from layer to layer, with a non-zero mean.
-
-    Each layer adds noise to the previous one and re-mixes it, so similarities fall with layer
-    distance and are neither 0 nor 1; the offset makes centring matter.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    layer = torch.randn(num_samples, dim, generator=generator)
-    layers = []
-    for _ in range(num_layers):
-        mixing = torch.eye(dim) + 0.3 * torch.randn(dim, dim, generator=generator) / dim**0.5
-        layer = layer @ mixing + 0.5 * torch.randn(num_samples, dim, generator=generator)
-        layers.append(layer + 2.0)
-    return torch.stack(layers)  # (L, N, D)
-
-
 # --------------------------------------------------------------------------- slow references
-
-
-def slow_hsic(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> float:
-    """HSIC of the linear kernels of raw (uncentred) x, y (N, D), straight from the papers."""
-    x, y = x.double(), y.double()
-    n = x.shape[0]
-    k, ell = x @ x.T, y @ y.T
-    if not unbiased:  # Gretton et al. 2005: tr(K H L H) / (n-1)^2
-        h = torch.eye(n, dtype=torch.float64) - torch.full((n, n), 1.0 / n, dtype=torch.float64)
-        return (torch.trace(k @ h @ ell @ h) / (n - 1) ** 2).item()
-    k.fill_diagonal_(0)  # Song et al. 2012, eq. 5
-    ell.fill_diagonal_(0)
-    ones = torch.ones(n, 1, dtype=torch.float64)
-    value = (
-        torch.trace(k @ ell)
-        + (ones.T @ k @ ones).item() * (ones.T @ ell @ ones).item() / ((n - 1) * (n - 2))
-        - 2 / (n - 2) * (ones.T @ k @ ell @ ones).item()
-    )
-    return value / (n * (n - 3))
-
-
-def slow_linear_cka(features: torch.Tensor, unbiased: bool) -> torch.Tensor:
-    num_layers = features.shape[0]
-    self_hsic = [slow_hsic(layer, layer, unbiased) for layer in features]
-    out = torch.empty(num_layers, num_layers, dtype=torch.float64)
-    for a in range(num_layers):
-        for b in range(num_layers):
-            xy = slow_hsic(features[a], features[b], unbiased)
-            out[a, b] = xy / (self_hsic[a] * self_hsic[b]) ** 0.5
-    return out
 
 
 def slow_cos(features: torch.Tensor, centering: str) -> torch.Tensor:
@@ -216,7 +174,8 @@ def test_rbf_cka_matches_kornblith_and_lies_in_unit_interval():
         cka = rbf_cka(features, sigma_scale=sigma_scale)
         assert torch.allclose(cka, slow_rbf_cka(features, sigma_scale), atol=1e-10)
         assert cka.min() >= 0 and cka.max() <= 1 + 1e-12
-    assert not torch.allclose(rbf_cka(features, sigma_scale=0.5), rbf_cka(features, sigma_scale=2.0), atol=1e-3)
+    narrow, wide = rbf_cka(features, sigma_scale=0.5), rbf_cka(features, sigma_scale=2.0)
+    assert not torch.allclose(narrow, wide, atol=1e-3)
 
 
 def test_minibatch_cka_with_one_batch_is_full_unbiased_cka():
@@ -277,7 +236,8 @@ def test_cos_accumulator_over_minibatches_equals_one_shot(centering: str):
     accumulator = CosAccumulator(centering, mean=mean)
     for batch in batches:
         accumulator.update(batch)
-    assert torch.allclose(accumulator.compute(), cos_similarity(features, centering=centering), atol=1e-12)
+    one_shot = cos_similarity(features, centering=centering)
+    assert torch.allclose(accumulator.compute(), one_shot, atol=1e-12)
 
 
 def test_cos_accumulator_with_samples_centering_requires_the_means():
@@ -382,29 +342,6 @@ def test_minibatch_cka_rejects_a_batch_with_other_layers():
 
 
 # --------------------------------------------------------------------------- issue 17 defects
-
-
-def nguyen_u_centred_gram(x: np.ndarray) -> np.ndarray:
-    """``MinibatchCKA._generate_gram_matrix`` of Nguyen et al.'s efficient_CKA.py, in numpy:
-    the U-centred Gram matrix (Székely & Rizzo 2014), flattened."""
-    gram = x @ x.T
-    n = gram.shape[0]
-    np.fill_diagonal(gram, 0)
-    means = gram.sum(0) / (n - 2)
-    means -= means.sum() / (2 * (n - 1))
-    gram = gram - means[:, None] - means[None, :]
-    np.fill_diagonal(gram, 0)
-    return gram.ravel()
-
-
-def nguyen_minibatch_cka(batches: list[torch.Tensor]) -> torch.Tensor:
-    """Their update_state + result: sum the Gram inner products over batches, then normalise."""
-    accumulator = 0.0
-    for batch in batches:  # (L, B, D)
-        grams = np.stack([nguyen_u_centred_gram(layer) for layer in batch.double().numpy()])
-        accumulator = accumulator + grams @ grams.T
-    norms = np.sqrt(np.diag(accumulator))
-    return torch.from_numpy(accumulator / norms[:, None] / norms[None, :])
 
 
 def every_similarity_call():

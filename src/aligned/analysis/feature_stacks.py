@@ -1,5 +1,6 @@
 """What every similarity measure does with per-layer feature stacks before measuring: the
-input checks, the final check of its result, and chunking over samples.
+input checks, the final check of its result, chunking over samples and the precision of the
+large products.
 
 A stack is (L, N, D): L layers, N samples, D width. Two stacks compared with each other (model A
 and model B on the same inputs) must hold the same N samples in the same order; their L and D may
@@ -9,6 +10,7 @@ differ. Layers are numbered 1..L in messages, and ``stack`` names which of two s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -24,6 +26,23 @@ def sample_chunks(num_samples: int, row_bytes: int) -> Iterator[slice]:
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
     for start in range(0, num_samples, step):
         yield slice(start, min(start + step, num_samples))
+
+
+@contextmanager
+def full_float32_matmul() -> Iterator[None]:
+    """IEEE float32 matmuls inside, whatever precision the user chose for training."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def product_dtype(*stacks: torch.Tensor | None) -> torch.dtype:
+    """float64 products for float64 features; float32 when any is float32 or lower."""
+    dtypes = {stack.dtype for stack in stacks if stack is not None}
+    return torch.float64 if dtypes == {torch.float64} else torch.float32
 
 
 def layer_list(mask: torch.Tensor) -> list[int]:

@@ -27,8 +27,7 @@ precision whatever ``torch.set_float32_matmul_precision`` says (no TF32/bfloat16
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -45,7 +44,9 @@ from aligned.analysis.feature_stacks import (
     STACKS,
     check_inputs,
     check_result,
+    full_float32_matmul,
     layer_list,
+    product_dtype,
     raise_constant,
     raise_constant_stacks,
     sample_chunks,
@@ -95,23 +96,6 @@ def _hsic(
     middle = outer(off_a.sum(1), off_b.sum(1)) / ((n - 1) * (n - 2))
     right = 2 * dot(off_a, off_b) / (n - 2)
     return (trace + middle - right) / (n * (n - 3))
-
-
-@contextmanager
-def _full_float32_matmul() -> Iterator[None]:
-    """IEEE float32 matmuls inside, whatever precision the user chose for training."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
-def _product_dtype(*stacks: torch.Tensor | None) -> torch.dtype:
-    """float64 products for float64 features; float32 when any is float32 or lower."""
-    dtypes = {stack.dtype for stack in stacks if stack is not None}
-    return torch.float64 if dtypes == {torch.float64} else torch.float32
 
 
 def _centred(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -176,7 +160,7 @@ def _linear_cross(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tenso
     # GEMM, which BLAS runs ~15% faster than the same work as L batched D×N×D products.
     flat_x = x.transpose(0, 1).reshape(n, la * da)  # a view of _centred's storage
     flat_y = flat_x if within else y.transpose(0, 1).reshape(n, lb * db)
-    with _full_float32_matmul():
+    with full_float32_matmul():
         for a in range(la):
             first = a if within else 0
             blocks = flat_x[:, a * da : (a + 1) * da].T @ flat_y[:, first * db :]  # (D_A, *)
@@ -191,7 +175,7 @@ def _linear_self(x: torch.Tensor) -> torch.Tensor:
     """tr(K_a K_a) = ||X_a' X_a||_F^2 of every layer of centred x (L, N, D), (L,) float64."""
     num_layers, n, dim = x.shape
     out = torch.empty(num_layers, dtype=torch.float64, device=x.device)
-    with _full_float32_matmul():
+    with full_float32_matmul():
         for a in range(num_layers):
             layer = x[a]  # (N, D)
             product = layer @ layer.T if n < dim else layer.T @ layer  # the smaller square
@@ -260,7 +244,7 @@ def linear_cka(
     (L_B, N, D_B) of a second model on the same samples -> (L, L_B)."""
     check_inputs(features, other, MIN_SAMPLES_CKA, "linear_cka")
     raise_constant_stacks(features, other, "linear_cka")
-    hsic, self_x, self_y = _linear_hsic(features, other, unbiased, _product_dtype(features, other))
+    hsic, self_x, self_y = _linear_hsic(features, other, unbiased, product_dtype(features, other))
     if other is None:
         return _cka_from_hsic(hsic, "linear_cka")
     return _cross_cka(hsic, self_x, self_y, "linear_cka")

@@ -1,0 +1,168 @@
+"""Covariances of one feature stack, or of two stacks and between them, in one go or accumulated
+over minibatches: what CCA, SVCCA, PWCCA and Procrustes are computed from.
+
+Both classes answer the same three questions, in float64 and normalised by N - 1:
+
+- ``covariance(stack, layer)``: Σ_aa of one layer, (D, D); ``stack`` 0 is model A, 1 model B;
+- ``cross_row(a, start)``: Σ_ab for layer a of A and layers ``start..L_B`` of B (within one
+  stack: of the same stack), (L_B - start, D_A, D_B);
+- ``num_samples``, ``layers`` (L_A, L_B), ``widths`` (D_A, D_B), ``within``, ``eps`` (the
+  machine epsilon of the least precise input, for numerical-rank decisions);
+- ``check(what)``: one clear error when there are too few samples or a layer is constant.
+
+``FeatureCovariance`` holds centred float64 copies of the features and multiplies blocks on
+demand: memory O(L N D), nothing N×N. ``CovarianceAccumulator`` adds minibatches to running
+sums instead: memory O((L_A D_A + L_B D_B)^2) whatever N is (within one stack of L = 12 layers of
+D = 768, 0.7 GB), exact up to round-off (sums are shifted by the first batch's mean, so a large
+common offset does not cancel catastrophically).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aligned.analysis.feature_stacks import (
+    STACKS,
+    check_inputs,
+    raise_constant,
+    raise_constant_stacks,
+    sample_chunks,
+    varying_layers,
+)
+from aligned.config import ConfigError
+
+
+def _least_precise_eps(*stacks: torch.Tensor | None) -> float:
+    return max(torch.finfo(stack.dtype).eps for stack in stacks
+               if stack is not None and stack.is_floating_point())
+
+
+def _samples_major_centred(features: torch.Tensor) -> torch.Tensor:
+    """(N, L*D) float64: a centred copy, every layer's D columns side by side."""
+    num_layers, num_samples, dim = features.shape
+    mean = features.mean(dim=1, dtype=torch.float64)[:, None]  # (L, 1, D)
+    out = torch.empty(num_samples, num_layers, dim, dtype=torch.float64, device=features.device)
+    for rows in sample_chunks(num_samples, 8 * num_layers * dim):
+        out[rows] = (features[:, rows].to(torch.float64) - mean).transpose(0, 1)
+    return out.view(num_samples, num_layers * dim)
+
+
+class FeatureCovariance:
+    """Covariance blocks of stacks held in memory, each computed when asked for."""
+
+    def __init__(self, features: torch.Tensor, other: torch.Tensor | None = None,
+                 what: str = "covariance", min_samples: int = 2):
+        check_inputs(features, other, min_samples, what)
+        raise_constant_stacks(features, other, what)
+        self.within = other is None
+        stacks = (features,) if other is None else (features, other)
+        self.layers = tuple(stack.shape[0] for stack in stacks) * (2 if self.within else 1)
+        self.widths = tuple(stack.shape[2] for stack in stacks) * (2 if self.within else 1)
+        self.num_samples = features.shape[1]
+        self.eps = _least_precise_eps(features, other)
+        self._flat = [_samples_major_centred(stack) for stack in stacks]  # (N, L*D) each
+
+    def check(self, what: str) -> None:
+        """Nothing left to check: the constructor checked the features."""
+
+    def _layer(self, stack: int, layer: int) -> torch.Tensor:
+        flat = self._flat[0 if self.within else stack]
+        dim = self.widths[stack]
+        return flat[:, layer * dim : (layer + 1) * dim]  # (N, D)
+
+    def covariance(self, stack: int, layer: int) -> torch.Tensor:
+        x = self._layer(stack, layer)
+        return x.T @ x / (self.num_samples - 1)  # (D, D)
+
+    def cross_row(self, a: int, start: int = 0) -> torch.Tensor:
+        da, db = self.widths
+        others = self._flat[0 if self.within else 1][:, start * db :]  # (N, (L_B-start)*D_B)
+        block = self._layer(0, a).T @ others / (self.num_samples - 1)  # (D_A, (L_B-start)*D_B)
+        return block.view(da, self.layers[1] - start, db).permute(1, 0, 2)
+
+
+class CovarianceAccumulator:
+    """Covariance blocks from minibatches: ``update(batch (L, B, D))`` for one model, or
+    ``update(batch, other_batch)`` with model B's features of the same samples."""
+
+    def __init__(self) -> None:
+        self.within: bool | None = None
+        self.layers: tuple[int, ...] = ()
+        self.widths: tuple[int, ...] = ()
+        self.num_samples = 0
+        self.eps = 0.0
+        self._shift: torch.Tensor | None = None  # (L_A*D_A + L_B*D_B,) first batch's mean
+        self._sum: torch.Tensor | None = None  # (L_A*D_A + L_B*D_B,) of shifted features
+        self._moments: torch.Tensor | None = None  # (P, P) sums of products, P as above
+        self._reference: list[torch.Tensor] = []  # (L, D) first sample of each stack
+        self._varies: list[torch.Tensor] = []  # (L,) bool per stack
+
+    def update(self, batch_features: torch.Tensor, other_features: torch.Tensor | None = None):
+        check_inputs(batch_features, other_features, 1, "CovarianceAccumulator.update")
+        stacks = [batch_features] if other_features is None else [batch_features, other_features]
+        shapes = tuple((stack.shape[0], stack.shape[2]) for stack in stacks)
+        if self.within is None:
+            self.within = other_features is None
+            self._shapes = shapes
+            full = shapes * 2 if self.within else shapes
+            self.layers = tuple(layers for layers, _ in full)
+            self.widths = tuple(width for _, width in full)
+        elif shapes != self._shapes:
+            raise ConfigError(
+                f"CovarianceAccumulator started with stacks of (layers, width) {self._shapes} "
+                f"and now got {shapes}; every update must pass the same models' layers."
+            )
+        if not self._reference:
+            self._reference = [stack[:, 0].clone() for stack in stacks]
+            self._varies = [torch.zeros(stack.shape[0], dtype=torch.bool) for stack in stacks]
+        for index, stack in enumerate(stacks):
+            self._varies[index] |= varying_layers(stack, self._reference[index]).cpu()
+        # (B, P): all layers of all stacks side by side, float64
+        flat = torch.cat([stack.to(torch.float64).transpose(0, 1).reshape(stack.shape[1], -1)
+                          for stack in stacks], dim=1)
+        if self._shift is None:
+            self._shift = flat.mean(0)
+            self._sum = torch.zeros_like(self._shift)
+            self._moments = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64,
+                                        device=flat.device)
+        shifted = flat - self._shift
+        self._sum += shifted.sum(0)
+        self._moments += shifted.T @ shifted
+        self.num_samples += flat.shape[0]
+        self.eps = max(self.eps, _least_precise_eps(*stacks))
+
+    def check(self, what: str) -> None:
+        if self.num_samples < 2:
+            raise ConfigError(
+                f"{what}: the CovarianceAccumulator holds {self.num_samples} sample(s); a "
+                f"covariance needs at least 2. Call update() with more data first."
+            )
+        names = ("",) if self.within else STACKS
+        for varies, name in zip(self._varies, names, strict=True):
+            raise_constant(~varies, what, name)
+
+    def _offset(self, stack: int, layer: int) -> slice:
+        start = 0 if (stack == 0 or self.within) else self.layers[0] * self.widths[0]
+        dim = self.widths[stack]
+        return slice(start + layer * dim, start + (layer + 1) * dim)
+
+    def _block(self, rows: slice, columns: slice) -> torch.Tensor:
+        self.check("CovarianceAccumulator")
+        mean = self._sum / self.num_samples
+        centred = self._moments[rows, columns] - self.num_samples * torch.outer(mean[rows],
+                                                                                mean[columns])
+        return centred / (self.num_samples - 1)
+
+    def covariance(self, stack: int, layer: int) -> torch.Tensor:
+        span = self._offset(stack, layer)
+        return self._block(span, span)
+
+    def cross_row(self, a: int, start: int = 0) -> torch.Tensor:
+        rows = self._offset(0, a)
+        first, last = self._offset(1, start), self._offset(1, self.layers[1] - 1)
+        block = self._block(rows, slice(first.start, last.stop))  # (D_A, (L_B-start)*D_B)
+        da, db = self.widths
+        return block.reshape(da, self.layers[1] - start, db).permute(1, 0, 2)
+
+
+Covariances = FeatureCovariance | CovarianceAccumulator
