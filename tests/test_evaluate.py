@@ -153,6 +153,9 @@ def test_compare_to_needs_the_same_data_and_depth(other, message):
     with pytest.raises(ConfigError, match=message):
         check_comparable(first, model_of(*other), "test")
     check_comparable(first, first, "test")  # the same data and depth: fine
+    # evaluate.py's figures and cross-model similarity take any depths (same_depth=False).
+    check_comparable(first, model_of("aligned.data.glue.GlueDataModule", "qnli", 2, 3), "test",
+                     same_depth=False)
 
 
 def test_a_model_override_the_checkpoint_has_no_key_for_is_a_clear_error(checkpoints, tmp_path):

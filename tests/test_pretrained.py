@@ -66,7 +66,8 @@ def sst2(tmp_path_factory):
 
 def test_timm_export_loads_with_timm_and_gives_the_last_layer_logits(checkpoint, tmp_path, capsys):
     main([checkpoint, str(tmp_path / "vit")])
-    assert "load with timm.create_model('local-dir:...', pretrained=True)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "load with timm.create_model('local-dir:...', pretrained=True)" in printed
     exported = timm.create_model(f"local-dir:{tmp_path / 'vit'}", pretrained=True).eval()
     system = load_system(read_checkpoint(checkpoint))
     images = torch.randn(5, 1, 8, 8)
@@ -114,7 +115,8 @@ def test_the_export_evaluated_as_it_is_equals_the_checkpoint_evaluated(checkpoin
     assert as_is["layer_accuracy"] == trained["layer_accuracy"]
     np.testing.assert_allclose(as_is["similarity"]["cka"], trained["similarity"]["cka"],
                                atol=1e-6)
-    assert (tmp_path / "b" / "report.md").is_file() and (tmp_path / "b" / "similarity.png").is_file()
+    assert (tmp_path / "b" / "report.md").is_file()
+    assert (tmp_path / "b" / "similarity.png").is_file()
 
 
 def test_a_saved_hf_classifier_is_analysed_as_it_is(sst2, tmp_path):

@@ -15,6 +15,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from aligned.analysis import plots
+from aligned.analysis.cross_model_pass import run_cross_model_pass
 from aligned.analysis.layerwise_pass import (
     ExitSignalCache,
     LayerwiseOutputs,
@@ -160,6 +161,16 @@ def run_at_operating_points(
         }
 
 
+def cross_similarity(loaded: list[LoadedCheckpoint], analysed: list, cfg: DictConfig,
+                     placement: Placement) -> dict[str, Any]:
+    """Every layer of model A against every layer of model B on the split's samples."""
+    loaders = tuple(evaluation_dataloader(c.run_config, c.data_overrides, cfg.split)
+                    for c in loaded)
+    means = tuple(outputs.layer_means for _, outputs, _ in analysed)
+    return run_cross_model_pass((loaded[0].system, loaded[1].system), loaders, means,
+                                cfg.cos_centering, autocast=placement.autocast)
+
+
 def display_names(run_configs: list[dict]) -> list[str]:
     """Legend labels: the loss name (aligned, standard, ...), disambiguated if equal."""
     names = [rc.get("names", {}).get("loss", "model") for rc in run_configs]
@@ -187,9 +198,11 @@ def split_of(run_config: dict, split: str) -> dict[str, Any]:
     return {key: data.get(key) for key in keys}
 
 
-def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint, split: str) -> None:
-    """compare_to draws both models on the same figures and compares them sample by sample at
-    matched depth: they must share the data (so the same split) and the number of layers."""
+def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint, split: str,
+                     same_depth: bool = True) -> None:
+    """compare_to draws both models on the same figures and compares them sample by sample: they
+    must share the data (so the same split); ``same_depth`` (matched early exit, the benchmark)
+    also the number of layers. Layer-wise figures and cross-model similarity take any depths."""
     a, b = first.system, second.system
     data_a, data_b = data_of(first.run_config), data_of(second.run_config)
     if data_a != data_b or a.backbone.num_classes != b.backbone.num_classes:
@@ -207,7 +220,7 @@ def check_comparable(first: LoadedCheckpoint, second: LoadedCheckpoint, split: s
             f"compare_to: the models' {split} splits hold other samples ({differ}); compare "
             "models whose data.* split settings match."
         )
-    if a.num_layers != b.num_layers:
+    if same_depth and a.num_layers != b.num_layers:
         raise ConfigError(
             f"compare_to: the models have {a.num_layers} and {b.num_layers} layers; the "
             "layer-wise figures and the matched early-exit comparison need the same depth."
@@ -309,7 +322,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         # The figures are on cfg.split; the matched early-exit comparison is on test.
         early_exit = (cfg.get("early_exit") or {}).get("enabled", False)  # as in the pass
         for split in {cfg.split, "test"} if early_exit else {cfg.split}:
-            check_comparable(*loaded, split)
+            check_comparable(*loaded, split, same_depth=False)
     analysed = [analyse_checkpoint(checkpoint, cfg, placement=placement) for checkpoint in loaded]
     labels = display_names([run_config for _, _, run_config in analysed])
     summaries = {label: summary for label, (summary, _, _) in zip(labels, analysed, strict=True)}
@@ -317,7 +330,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     evaluation = dict(analysed[0][0])
     if len(analysed) > 1:
         evaluation["compare_to"] = analysed[1][0]
-        if all("early_exit" in summary for summary in summaries.values()):
+        evaluation["cross_similarity"] = cross_similarity(loaded, analysed, cfg, placement)
+        same_depth = loaded[0].system.num_layers == loaded[1].system.num_layers
+        if not same_depth:
+            log.info("compare_to: the models have %d and %d layers; the matched early-exit "
+                     "comparison needs the same depth and is left out.",
+                     loaded[0].system.num_layers, loaded[1].system.num_layers)
+        if same_depth and all("early_exit" in summary for summary in summaries.values()):
             # Each rule's test curve against the other model's at matched mean exit layer.
             evaluation["early_exit_matched"] = matched_comparison(
                 analysed[0][0]["early_exit"], analysed[1][0]["early_exit"]
@@ -336,6 +355,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     if all("early_exit" in summary for summary in summaries.values()):
         figures["early_exit"] = plots.early_exit_curves(summaries)
+    if "cross_similarity" in evaluation:
+        figures["cross_similarity"] = plots.cross_similarity_heatmaps(
+            evaluation["cross_similarity"], labels)
     figure_paths = {name: plots.save(fig, run_dir / f"{name}.png") for name, fig in figures.items()}
     write_report(run_dir / "report.md", summaries, figure_paths,
                  evaluation.get("early_exit_matched"))

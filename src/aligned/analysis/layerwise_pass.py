@@ -63,6 +63,7 @@ class LayerwiseOutputs:
     logits: np.ndarray | None  # (N, L, C) when kept (for early-exit simulation)
     layer_cosine: np.ndarray  # (N, L) cos(h_{l-1}, h_l) per sample; NaN at layer 1
     class_means: np.ndarray  # (L, C, D) mean feature per class and layer
+    layer_means: np.ndarray  # (L, D) mean feature per layer (COS centred over samples)
     cos: np.ndarray  # (L, L)
     cka: np.ndarray  # (L, L)
 
@@ -91,16 +92,18 @@ def _batches(
             yield features, logits, target.to(system.device)
 
 
-def _features_only(system: LayerwiseClassifier, dataloader: Iterable, desc: str,
-                   progress: bool, autocast: Autocast) -> Iterator[torch.Tensor]:
-    """(L, B, D) features of each batch, no head (the second COS pass)."""
+def feature_batches(system: LayerwiseClassifier, dataloader: Iterable, desc: str,
+                    progress: bool, autocast: Autocast, with_labels: bool = False
+                    ) -> Iterator[Any]:
+    """(L, B, D) features of each batch, no head (the second COS pass, the cross-model pass);
+    with ``with_labels``, (features, labels) pairs."""
     with torch.no_grad():
         for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
-            inputs, _ = unpack(batch)
+            inputs, target = unpack(batch)
             inputs = system.transfer_batch_to_device(inputs, system.device, 0)
             with autocast():  # left before the yield: the consumer's sums run outside it
                 features = system.backbone.layer_features(inputs)
-            yield features
+            yield (features, target) if with_labels else features
 
 
 def run_layerwise_pass(
@@ -152,7 +155,7 @@ def run_layerwise_pass(
         )
     if cos is None:  # second pass: centring over samples needs the means first
         cos = CosAccumulator("samples", mean=feature_sum / num_samples)
-        for features in _features_only(system, dataloader, "COS pass", progress, autocast):
+        for features in feature_batches(system, dataloader, "COS pass", progress, autocast):
             cos.update(features)
     class_means = class_sum / class_count.clamp(min=1)[None, :, None]
     return LayerwiseOutputs(
@@ -162,6 +165,7 @@ def run_layerwise_pass(
         logits=torch.cat(logits_kept).numpy() if keep_logits else None,
         layer_cosine=torch.cat(cosines).cpu().numpy(),
         class_means=class_means.cpu().numpy(),
+        layer_means=(feature_sum / num_samples).cpu().numpy(),
         cos=cos.compute().numpy(),
         cka=cka.compute().numpy(),
     )

@@ -80,13 +80,15 @@ def class_mean_pca(class_means: dict[str, np.ndarray]) -> Figure:
     Fig. 1 a-b); features live in the same space at every depth, so the projection is defined.
     """
     rows = len(class_means)
-    num_layers = next(iter(class_means.values())).shape[0]
+    num_layers = max(means.shape[0] for means in class_means.values())  # models may differ
     fig, axes = plt.subplots(rows, num_layers, figsize=(1.9 * num_layers, 2.1 * rows),
                              squeeze=False)
     for row, (name, means) in enumerate(class_means.items()):
         last = means[-1] - means[-1].mean(0)  # (C, D)
         _, _, principal = np.linalg.svd(last, full_matrices=False)
-        for layer in range(num_layers):
+        for layer in range(means.shape[0], num_layers):  # a shallower model: empty cells
+            axes[row, layer].axis("off")
+        for layer in range(means.shape[0]):
             centred = means[layer] - means[layer].mean(0)  # (C, D)
             points = centred @ principal[:2].T  # (C, 2)
             ax = axes[row, layer]
@@ -97,6 +99,23 @@ def class_mean_pca(class_means: dict[str, np.ndarray]) -> Figure:
         axes[row, 0].set_ylabel(name, fontsize=8)
     fig.suptitle("Class-mean features per layer, on the last layer's two principal axes",
                  fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def cross_similarity_heatmaps(cross: dict, names: list[str]) -> Figure:
+    """CKA (and COS where the widths match) of every layer of model A (rows) against every
+    layer of model B (columns)."""
+    kinds = [kind for kind in ("cka", "cos") if cross.get(kind) is not None]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        matrix = np.asarray(cross[kind])  # (L_A, L_B)
+        rows, cols = matrix.shape
+        image = ax.imshow(matrix, vmin=min(0.0, matrix.min()), vmax=1.0, cmap="viridis",
+                          extent=(0.5, cols + 0.5, rows + 0.5, 0.5), aspect="auto")
+        ax.set(title=f"{kind.upper()} across models", xlabel=f"layer of {names[1]}",
+               ylabel=f"layer of {names[0]}", xticks=_layers(matrix[0]), yticks=_layers(matrix))
+        fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
 

@@ -39,9 +39,12 @@ def write_report(
         f"{name} acc % | {name} COS(l,L) | {name} confidence" for name in summaries
     ) + " |"
     lines += [header, "|" + "---|" * (1 + 3 * len(summaries))]
-    for layer in range(first["num_layers"]):
+    for layer in range(max(s["num_layers"] for s in summaries.values())):
         cells = []
         for s in summaries.values():
+            if layer >= s["num_layers"]:  # a shallower model
+                cells += ["", "", ""]
+                continue
             cells += [_pct(s["layer_accuracy"][layer]), f"{s['cos_to_last'][layer]:.3f}",
                       f"{s['mean_confidence'][layer]:.3f}"]
         lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
