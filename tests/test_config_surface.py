@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import runpy
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch._dynamo
-from conftest import TINY, compose_evaluate, compose_train
+import yaml
+from conftest import CONF, ROOT, TINY, compose_evaluate, compose_train
+from hydra.core.global_hydra import GlobalHydra
 from test_backbones import tiny_bert_dir, token_batch
 
 from aligned.config import ConfigError
@@ -17,6 +23,7 @@ from aligned.evaluation import load_for_evaluation
 from aligned.models.backbones import HFEncoder, TimmViT
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.fit import train
+from aligned.training.interruption import SIGNALS
 from aligned.training.resume import check_same_settings
 from aligned.training.system import LayerwiseClassifier
 
@@ -142,3 +149,87 @@ def test_inductor_compiled_vit_matches_the_eager_one():
     expected.square().sum().backward()
     for (name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def run_entry_point(script: str, *args: str, monkeypatch) -> int:
+    """``python <script> <args>`` in this process: the real Hydra main, without the interpreter's
+    start-up and imports (seconds each); its exit code."""
+    handlers = {signum: signal.getsignal(signum) for signum in SIGNALS}  # train.py sets its own
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        GlobalHydra.instance().clear()
+    return code
+
+
+GROUPS = ("callbacks", "data", "experiment", "hparams_search", "logger", "loss", "model", "trainer")
+
+
+def test_train_help_lists_the_groups_the_common_keys_and_their_values(monkeypatch, capsys):
+    assert run_entry_point("train.py", "optim.lr=0.02", "--help", monkeypatch=monkeypatch) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    for group in GROUPS:  # each group with its options, as Hydra lists them
+        options = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in lines, group
+    for key in ("seed", "optim.lr", "data.batch_size", "trainer.max_epochs", "trainer.precision",
+                "trainer.accumulate_grad_batches", "model.compile", "resume", "overwrite"):
+        assert any(line.startswith(f"  {key} ") for line in lines), key
+    assert "AdamW's peak learning rate; now 0.02" in text  # the values of these overrides
+    assert "now 64 (data.num_workers" in text  # data.batch_size of data=digits
+    assert "\n  lr: 0.02\n" in text  # the whole composed config follows
+    assert "--hydra-help" in lines[-1]
+
+
+def test_evaluate_help_lists_its_keys(monkeypatch, capsys):
+    assert run_entry_point("evaluate.py", "split=val", "--help", monkeypatch=monkeypatch) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("evaluate.py: analyse a trained checkpoint layer by layer")
+    for key in ("ckpt_path, compare_to", "split", "data.data_dir, data.batch_size",
+                "model.name_or_path", "model.compile", "device, precision", "cos_centering",
+                "early_exit.enabled, .max_drop, .run"):
+        assert f"\n  {key} " in text, key
+    assert "test or val; now val" in text
+    assert "\nckpt_path: null\n" in text
+
+
+
+def test_the_optuna_search_maximises_the_val_metric_with_a_seeded_sampler(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[optuna]'")
+    sweeper = compose_train(["hparams_search=optuna_lr"], tmp_path / "run").hydra.sweeper
+    assert (sweeper.direction, sweeper.max_failure_rate) == ("maximize", 1.0)
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
+    assert set(sweeper.params) == {"optim.lr", "optim.weight_decay"}
+
+
+def test_an_optuna_study_survives_a_diverging_trial(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[optuna]'")
+    # Three trials, one per learning rate (the grid sampler); 1e6 diverges in its first step.
+    code = run_entry_point(
+        "train.py", "-m", "hparams_search=optuna_lr", "hydra/sweeper/sampler=grid",
+        "optim.lr=choice(0.001,0.003,1e6)", "optim.weight_decay=choice(0.05)", *TINY,
+        f"hydra.sweep.dir={tmp_path}", "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled", monkeypatch=monkeypatch)
+    out, err = capsys.readouterr()
+    assert code == 1, err[-3000:]  # every trial ran; the sweep says one failed
+    assert "Error: The training loss became nan" in err
+    trials = {}
+    for job in sorted(tmp_path.glob("[0-9]*")):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        [lr] = [float(o.split("=")[1]) for o in overrides if o.startswith("optim.lr=")]
+        results = job / "results.json"
+        trials[lr] = json.loads(results.read_text()) if results.is_file() else None
+    assert set(trials) == {0.001, 0.003, 1e6} and trials[1e6] is None
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    values = {lr: results["final_accuracy"]["val"] for lr, results in trials.items() if results}
+    assert best["best_value"] == max(values.values())  # what train.py returned, maximised
+    assert values[best["best_params"]["optim.lr"]] == best["best_value"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "optim.lr=0.001" in summary and "optim.lr=0.003" in summary
+    assert "skipped 1 job dir(s) without results.json" in summary
