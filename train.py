@@ -3,6 +3,7 @@
     python train.py                                  # ViT, digits, aligned loss
     python train.py loss=standard                    # baseline: last layer only
     python train.py -m loss=standard,aligned seed=0,1,2
+    python train.py hparams_search=optuna_lr         # an Optuna search of optim.lr
 """
 
 import logging
@@ -25,7 +26,9 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> float | None:
     # In a sweep, a failed job must not stop the others (SystemExit would end the launcher) nor
     # the summary of the finished ones (Hydra re-raises job errors before its end callbacks);
-    # the summary lists the failed jobs and the sweep exits with 1.
+    # the summary lists the failed jobs and the sweep exits with 1. The value returned is the
+    # objective of a search (hparams_search=optuna_lr); a failed job returns None, which the
+    # Optuna sweeper tells Optuna as a failed trial (a NaN would make Optuna 2 raise inside it).
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     stop_on_signals()
     if interruption.received():  # an earlier job of this sweep was stopped: run no more
