@@ -26,8 +26,13 @@ class WandbLayerPanels(Callback):
         self.best_rows: list[list[Any]] = []  # val, then test rows of the evaluated checkpoint
         self.checkpoint_epoch: int | None = None
 
+    def logs(self, trainer: L.Trainer) -> bool:
+        """Rank 0 of a trainer that logs to this run (trainer.fast_dev_run swaps the loggers
+        for a dummy: then no W&B run is created)."""
+        return trainer.is_global_zero and any(each is self.logger for each in trainer.loggers)
+
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        if self.defined or not trainer.is_global_zero:
+        if self.defined or not self.logs(trainer):
             return
         run = self.logger.experiment
         # Names are defined one by one: W&B applies the first definition whose glob matches a
@@ -65,7 +70,7 @@ class WandbLayerPanels(Callback):
     def log_layers(self, trainer: L.Trainer, module: L.LightningModule, split: str) -> None:
         """The chart of the headline metric against the layer, drawn from a table of every
         metric of every layer (W&B keeps that table beside the chart, as ``<key>_table``)."""
-        if not trainer.is_global_zero:
+        if not self.logs(trainer):
             return
         import wandb
 
