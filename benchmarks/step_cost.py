@@ -1,10 +1,16 @@
-"""Per-step training cost of each objective on the default model (ViT on digits batches).
+"""Per-step training cost of each objective on the default model (ViT on digits batches), or
+on a causal LM (``--lm``: next-token loss over random token batches).
 
     python benchmarks/step_cost.py [--steps 300] [--batch-size 64]
+    python benchmarks/step_cost.py --lm smollm2 [--length 256] [--batch-size 8] [--device cuda]
+    python benchmarks/step_cost.py --lm gpt2 --model-path <save_pretrained dir> [--multiexit]
 
 A step = forward through every layer, the objective's loss, backward, AdamW update. The
 objectives are timed in interleaved rounds so drift in machine load hits them equally; the
-median round is reported, with the plain timm forward + CE (no per-layer read-out) for reference.
+median round is reported, with the plain timm forward + CE (no per-layer read-out) for reference
+(for an LM: Hugging Face's own forward with ``labels``, last layer only). An LM's aligned loss
+runs the LM head at every layer, one layer at a time and recomputed in backward
+(``feature_loss``); ``--multiexit`` adds the per-layer LM heads, (L-1)·V·D parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
+import aligned.resolvers  # noqa: F401  (${smollm2_path:} in conf/model/smollm2.yaml)
+from aligned.config import build as build_target
 from aligned.training.system import LayerwiseClassifier
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -47,12 +55,70 @@ def step_fn(system: LayerwiseClassifier, plain: bool):
     return step
 
 
+def lm_variants(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The LM's step functions (one backbone, an objective and an AdamW each) and a batch."""
+    overrides = [f"model={args.lm}", "data=text"]
+    if args.model_path:
+        overrides.append(f"model.name_or_path={args.model_path}")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "loss=standard"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    torch.manual_seed(0)
+    system = LayerwiseClassifier(model=cfg.model, loss=cfg.loss, optim=cfg.optim,
+                                 metrics=("accuracy",)).to(args.device)
+    backbone = system.backbone
+    shape = {"num_layers": backbone.num_layers, "feature_dim": backbone.feature_dim,
+             "num_classes": backbone.num_classes}
+    losses = ["standard", "aligned", *(["multiexit"] if args.multiexit else [])]
+    objectives = {}
+    for loss in losses:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            node = compose("train", overrides=[*overrides, f"loss={loss}"]).loss
+        objectives[loss] = build_target(node, **shape).to(args.device)
+
+    def step_fn(objective, plain: bool):
+        parameters = [*backbone.parameters(), *(objective.parameters() if objective else [])]
+        optimizer = torch.optim.AdamW(parameters, lr=1e-5)
+
+        def step(batch: dict) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            if plain:  # Hugging Face's forward: logits of the last layer, CE inside
+                loss = backbone.model(**batch).loss
+            else:
+                features, target = system.token_features(batch)  # (L, N, D), (N,)
+                loss = objective.feature_loss(features, backbone.head, target)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    variants = {"HF forward + CE (reference)": step_fn(None, plain=True)}
+    variants |= {f"loss={loss}": step_fn(objective, plain=False)
+                 for loss, objective in objectives.items()}
+    ids = torch.randint(0, backbone.num_classes, (args.batch_size, args.length),
+                        generator=torch.Generator().manual_seed(0)).to(args.device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    print(f"{type(backbone.model).__name__}: {backbone.num_layers} layers, width "
+          f"{backbone.feature_dim}, vocabulary {backbone.num_classes}; batch {args.batch_size} x "
+          f"{args.length} tokens on {args.device}")
+    return variants, batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lm", help="a causal-LM model config (gpt2, smollm2): time it instead")
+    parser.add_argument("--model-path", help="with --lm: model.name_or_path (a local directory)")
+    parser.add_argument("--length", type=int, default=256, help="with --lm: tokens per sequence")
+    parser.add_argument("--multiexit", action="store_true", help="with --lm: time multiexit too")
+    parser.add_argument("--device", default="cpu", help="with --lm: cpu or cuda")
     args = parser.parse_args()
+    if args.lm:
+        variants, batch = lm_variants(args)
+        time_variants(variants, (batch,), args)
+        return
 
     variants = {
         "timm forward + CE (reference)": step_fn(build("standard"), plain=True),
@@ -62,15 +128,28 @@ def main() -> None:
     }
     images = torch.randn(args.batch_size, 1, 8, 8)
     target = torch.randint(0, 10, (args.batch_size,))
+    time_variants(variants, (images, target), args)
+
+
+def time_variants(variants: dict, inputs: tuple, args: argparse.Namespace) -> None:
+    """Warm up, time ``args.rounds`` interleaved rounds of ``args.steps`` steps, print."""
+    cuda = str(getattr(args, "device", "cpu")).startswith("cuda")
+
+    def synchronize() -> None:
+        if cuda:  # GPU kernels run asynchronously: time what they did, not what was queued
+            torch.cuda.synchronize()
+
     for step in variants.values():  # warm-up
-        for _ in range(20):
-            step(images, target)
+        for _ in range(min(20, args.steps)):
+            step(*inputs)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, step in variants.items():
+            synchronize()
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(images, target)
+                step(*inputs)
+            synchronize()
             times[name].append((time.perf_counter() - start) / args.steps * 1e3)
 
     standard = statistics.median(times["loss=standard"])
