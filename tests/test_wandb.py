@@ -188,3 +188,13 @@ def test_evaluate_joins_the_training_runs_group(trained, tmp_path):
     assert len(table["data"]) == 2 * LAYERS  # both checkpoints, every layer
     chart = run.config["_wandb"]["visualize"]["evaluate/by_layer"]["panel_config"]
     assert chart["fieldSettings"] == {"x": "layer", "y": "accuracy", "stroke": "model"}
+
+
+def test_fast_dev_run_logs_no_layer_panels(wandb_env, tmp_path):
+    # Lightning swaps the loggers for a dummy in a smoke test; the panels must not write to
+    # the W&B run anyway (the run itself exists: the parameter counts were logged to it).
+    assert train(compose_train([*TINY, "logger=wandb", "+trainer.fast_dev_run=true"],
+                               tmp_path / "run")) is None
+    (run,) = offline_runs(tmp_path / "run")
+    assert not [key for row in run.history for key in row if "by_layer" in key]
+    assert layer_key("val", 1) not in run.metrics
