@@ -27,6 +27,7 @@ from aligned.analysis.feature_stacks import (
     check_pair,
     check_result,
     layer_list,
+    power_of_two_scale,
     raise_constant,
     sample_chunks,
     varying_layers,
@@ -115,6 +116,9 @@ class CosAccumulator:
             x = x - state.mean.to(x.device)[:, None]
         elif self.centering == "features":
             x = x - x.mean(dim=-1, keepdim=True)
+        # A power of two per layer changes no cosine (it is exact) but keeps the squared norms
+        # of features near 1e±200 from overflowing or underflowing to 0.
+        x = x * power_of_two_scale(x.abs().amax(dim=(1, 2)))[:, None, None]
         unit = F.normalize(x, dim=-1)  # (L, B, D); zero vectors stay zero
         state.nonzero += unit.pow(2).sum((1, 2)).cpu()  # 1 per non-zero vector
         return unit

@@ -8,7 +8,10 @@ Both classes answer the same three questions, in float64 and normalised by N - 1
   stack: of the same stack), (L_B - start, D_A, D_B);
 - ``num_samples``, ``layers`` (L_A, L_B), ``widths`` (D_A, D_B), ``within``, ``eps`` (the
   machine epsilon of the least precise input, for numerical-rank decisions);
-- ``check(what)``: one clear error when there are too few samples or a layer is constant.
+- ``check(what)``: one clear error when there are too few samples or a layer is constant;
+- ``scale(stack, layer)``: every layer is multiplied by a power of two before its moments are
+  taken (exact; ``feature_stacks.layer_scales``), so features near 1e±200 still give finite,
+  non-zero covariances; the blocks above are of the scaled features, and this is the factor.
 
 ``FeatureCovariance`` holds centred float64 copies of the features and multiplies blocks on
 demand: memory O(L N D), nothing N×N. ``CovarianceAccumulator`` adds minibatches to running
@@ -23,10 +26,11 @@ import torch
 
 from aligned.analysis.feature_stacks import (
     STACKS,
+    centred_copy,
     check_inputs,
+    layer_scales,
     raise_constant,
     raise_constant_stacks,
-    sample_chunks,
     varying_layers,
 )
 from aligned.config import ConfigError
@@ -35,16 +39,6 @@ from aligned.config import ConfigError
 def _least_precise_eps(*stacks: torch.Tensor | None) -> float:
     return max(torch.finfo(stack.dtype).eps for stack in stacks
                if stack is not None and stack.is_floating_point())
-
-
-def _samples_major_centred(features: torch.Tensor) -> torch.Tensor:
-    """(N, L*D) float64: a centred copy, every layer's D columns side by side."""
-    num_layers, num_samples, dim = features.shape
-    mean = features.mean(dim=1, dtype=torch.float64)[:, None]  # (L, 1, D)
-    out = torch.empty(num_samples, num_layers, dim, dtype=torch.float64, device=features.device)
-    for rows in sample_chunks(num_samples, 8 * num_layers * dim):
-        out[rows] = (features[:, rows].to(torch.float64) - mean).transpose(0, 1)
-    return out.view(num_samples, num_layers * dim)
 
 
 class FeatureCovariance:
@@ -60,10 +54,19 @@ class FeatureCovariance:
         self.widths = tuple(stack.shape[2] for stack in stacks) * (2 if self.within else 1)
         self.num_samples = features.shape[1]
         self.eps = _least_precise_eps(features, other)
-        self._flat = [_samples_major_centred(stack) for stack in stacks]  # (N, L*D) each
+        # Each layer times a power of two (exact; see layer_scales), so covariances of features
+        # near 1e±200 stay finite and non-zero; ``scales`` undoes it for euclidean Procrustes.
+        self.scales = [layer_scales(stack) for stack in stacks]
+        self._flat = [centred_copy(stack, torch.float64, scales).transpose(0, 1)
+                      .reshape(self.num_samples, -1)
+                      for stack, scales in zip(stacks, self.scales, strict=True)]  # (N, L*D)
 
     def check(self, what: str) -> None:
         """Nothing left to check: the constructor checked the features."""
+
+    def scale(self, stack: int, layer: int) -> float:
+        """The power of two layer ``layer``'s features were multiplied by."""
+        return float(self.scales[0 if self.within else stack][layer])
 
     def _layer(self, stack: int, layer: int) -> torch.Tensor:
         flat = self._flat[0 if self.within else stack]
@@ -96,6 +99,8 @@ class CovarianceAccumulator:
         self._moments: torch.Tensor | None = None  # (P, P) sums of products, P as above
         self._reference: list[torch.Tensor] = []  # (L, D) first sample of each stack
         self._varies: list[torch.Tensor] = []  # (L,) bool per stack
+        self.scales: list[torch.Tensor] = []  # (L,) per stack, fixed by the first batch
+        self._column_scales: torch.Tensor | None = None  # (P,) the same, per column
 
     def update(self, batch_features: torch.Tensor, other_features: torch.Tensor | None = None):
         check_inputs(batch_features, other_features, 1, "CovarianceAccumulator.update")
@@ -121,11 +126,16 @@ class CovarianceAccumulator:
         flat = torch.cat([stack.to(torch.float64).transpose(0, 1).reshape(stack.shape[1], -1)
                           for stack in stacks], dim=1)
         if self._shift is None:
+            # the first batch fixes the shift and the per-layer powers of two (layer_scales)
+            self.scales = [layer_scales(stack) for stack in stacks]
+            self._column_scales = torch.cat([
+                scales.to(flat.device).repeat_interleave(stack.shape[2])
+                for scales, stack in zip(self.scales, stacks, strict=True)])
             self._shift = flat.mean(0)
             self._sum = torch.zeros_like(self._shift)
             self._moments = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64,
                                         device=flat.device)
-        shifted = flat - self._shift
+        shifted = (flat - self._shift) * self._column_scales
         self._sum += shifted.sum(0)
         self._moments += shifted.T @ shifted
         self.num_samples += flat.shape[0]
@@ -140,6 +150,10 @@ class CovarianceAccumulator:
         names = ("",) if self.within else STACKS
         for varies, name in zip(self._varies, names, strict=True):
             raise_constant(~varies, what, name)
+
+    def scale(self, stack: int, layer: int) -> float:
+        """The power of two layer ``layer``'s features were multiplied by."""
+        return float(self.scales[0 if self.within else stack][layer])
 
     def _offset(self, stack: int, layer: int) -> slice:
         start = 0 if (stack == 0 or self.within) else self.layers[0] * self.widths[0]

@@ -45,6 +45,50 @@ def product_dtype(*stacks: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if dtypes == {torch.float64} else torch.float32
 
 
+def layer_scales(features: torch.Tensor) -> torch.Tensor:
+    """(L,) float64 powers of two that bring each layer's largest centred |value| into
+    [0.5, 1), or 1 for an all-equal layer.
+
+    Multiplying by a power of two is exact, so every measure that a per-layer scale does not
+    change (CKA, CCA, COS, angular Procrustes, k-NN) sees the same numbers, while squares of
+    features near 1e±200 neither overflow nor underflow float64 (nor 1e±19 float32 products).
+    """
+    mean = features.mean(dim=1, dtype=torch.float64)  # (L, D)
+    highest = (features.amax(dim=1).to(torch.float64) - mean).abs()
+    lowest = (features.amin(dim=1).to(torch.float64) - mean).abs()
+    return power_of_two_scale(torch.maximum(highest, lowest).amax(dim=-1))  # (L,)
+
+
+def power_of_two_scale(peak: torch.Tensor) -> torch.Tensor:
+    """2^-e with peak = m 2^e, m in [0.5, 1): brings ``peak`` into [0.5, 1); 1 where peak is 0
+    or not finite (nothing to scale, or an error reported elsewhere)."""
+    _, exponent = torch.frexp(peak)
+    scale = torch.ldexp(torch.ones_like(peak), -exponent)
+    return torch.where((peak > 0) & torch.isfinite(peak), scale, torch.ones_like(peak))
+
+
+def centred_copy(
+    features: torch.Tensor, dtype: torch.dtype, scales: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A new (L, N, D) tensor of ``dtype``: each layer minus its mean over samples, times its
+    ``scales`` entry (default ``layer_scales(features)``).
+
+    The subtraction runs in float64, a chunk of samples at a time, so a float32 result needs no
+    full float64 copy. Stored samples-major, (N, L, D) in memory, so all layers read as one
+    (N, L*D) matrix without copying (``.transpose(0, 1).reshape(N, -1)`` is a view). Always a
+    copy: callers' tensors stay as they were (an in-place centring once changed a float64
+    caller's features).
+    """
+    num_layers, num_samples, dim = features.shape
+    mean = features.mean(dim=1, dtype=torch.float64)[:, None]  # (L, 1, D)
+    scales = layer_scales(features) if scales is None else scales
+    scales = scales.to(device=features.device, dtype=torch.float64)[:, None, None]  # (L, 1, 1)
+    out = torch.empty(num_samples, num_layers, dim, dtype=dtype, device=features.device)
+    for rows in sample_chunks(num_samples, 8 * num_layers * dim):
+        out[rows] = ((features[:, rows].to(torch.float64) - mean) * scales).transpose(0, 1)
+    return out.transpose(0, 1)
+
+
 def layer_list(mask: torch.Tensor) -> list[int]:
     """1-based indices of the True entries of an (L,) mask."""
     return (torch.nonzero(mask).flatten() + 1).tolist()

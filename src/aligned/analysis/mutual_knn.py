@@ -23,6 +23,7 @@ from aligned.analysis.feature_stacks import (
     check_inputs,
     check_result,
     full_float32_matmul,
+    power_of_two_scale,
     product_dtype,
     raise_constant_stacks,
     sample_chunks,
@@ -35,7 +36,8 @@ DEFAULT_K = 10  # platonic-rep's --topk default
 def nearest_neighbours(layer: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (N, k) of each sample's k most cosine-similar other samples in ``layer`` (N, D)."""
     num_samples = layer.shape[0]
-    unit = F.normalize(layer, dim=-1)  # (N, D)
+    # a power of two (exact, no cosine changes) keeps norms of features near 1e±200 finite
+    unit = F.normalize(layer * power_of_two_scale(layer.abs().amax()), dim=-1)  # (N, D)
     neighbours = torch.empty(num_samples, k, dtype=torch.long, device=layer.device)
     with full_float32_matmul():
         for rows in sample_chunks(num_samples, 8 * num_samples):

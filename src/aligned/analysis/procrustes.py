@@ -39,26 +39,37 @@ def procrustes_from_covariances(
                           f"radians) or 'euclidean' (in the features' units).")
     what = f"procrustes ({kind})"
     covariances.check(what)
-    scale = covariances.num_samples - 1  # Σ = X'X / (N - 1): back to sums over samples
+    # Σ = X'X / (N - 1) of features scaled by a power of two per layer (covariance.py); the
+    # angular distance ignores both factors, the euclidean one puts them back at the end.
+    sums = covariances.num_samples - 1
 
-    def squared_norms(stack: int) -> torch.Tensor:  # |X|_F² of each layer, (L,)
-        return torch.stack([covariances.covariance(stack, layer).trace() * scale
+    def squared_norms(stack: int) -> torch.Tensor:  # |X|_F² of each (scaled) layer, (L,)
+        return torch.stack([covariances.covariance(stack, layer).trace()
                             for layer in range(covariances.layers[stack])])
 
-    norms_a = squared_norms(0)
-    norms_b = norms_a if covariances.within else squared_norms(1)
+    def inverse_scales(stack: int) -> torch.Tensor:
+        return torch.tensor([1 / covariances.scale(stack, layer)
+                             for layer in range(covariances.layers[stack])], dtype=torch.float64)
+
+    norms_a, unscale_a = squared_norms(0), inverse_scales(0)
+    norms_b, unscale_b = ((norms_a, unscale_a) if covariances.within
+                          else (squared_norms(1), inverse_scales(1)))
     out = torch.zeros(covariances.layers, dtype=torch.float64)
     for a in range(covariances.layers[0]):
         start = a + 1 if covariances.within else 0
         if start >= covariances.layers[1]:
             continue
         blocks = covariances.cross_row(a, start)  # (L_B - start, D_A, D_B)
-        nuclear = torch.linalg.svdvals(blocks).sum(-1) * scale  # |X'Y|_* per b
+        nuclear = torch.linalg.svdvals(blocks).sum(-1)  # |X'Y|_* per b, scaled
         if kind == "angular":
             cosine = nuclear / torch.sqrt(norms_a[a] * norms_b[start:])
             values = torch.arccos(cosine.clamp(-1.0, 1.0))
-        else:
-            values = (norms_a[a] + norms_b[start:] - 2 * nuclear).clamp_min(0).sqrt()
+        else:  # sqrt(u²|X|² + v²|Y|² - 2uv|X'Y|_*), u, v the inverse scales, factored by max
+            u, v = unscale_a[a], unscale_b[start:]
+            top = torch.maximum(u, v)
+            u, v = u / top, v / top
+            squared = u**2 * norms_a[a] + v**2 * norms_b[start:] - 2 * u * v * nuclear
+            values = top * (sums * squared.clamp_min(0)).sqrt()
         out[a, start:] = values
         if covariances.within:
             out[start:, a] = values

@@ -42,10 +42,12 @@ from aligned.analysis.cos import (
 from aligned.analysis.feature_stacks import (
     MIN_SAMPLES_CKA,
     STACKS,
+    centred_copy,
     check_inputs,
     check_result,
     full_float32_matmul,
     layer_list,
+    layer_scales,
     product_dtype,
     raise_constant,
     raise_constant_stacks,
@@ -98,23 +100,6 @@ def _hsic(
     return (trace + middle - right) / (n * (n - 3))
 
 
-def _centred(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A new (L, N, D) tensor of ``dtype``: the features minus each layer's mean over samples.
-
-    HSIC is shift-invariant; centring avoids cancellation. The subtraction runs in float64, a
-    chunk of samples at a time, so a float32 result needs no full float64 copy. Stored
-    samples-major, (N, L, D) in memory, so the feature route of the linear statistics reads all
-    layers as one (N, L*D) matrix without copying. Always a copy: callers' tensors stay as they
-    were (an in-place centring once changed a float64 caller's features).
-    """
-    num_layers, num_samples, dim = features.shape
-    mean = features.mean(dim=1, dtype=torch.float64)[:, None]  # (L, 1, D)
-    out = torch.empty(num_samples, num_layers, dim, dtype=dtype, device=features.device)
-    for rows in sample_chunks(num_samples, 8 * num_layers * dim):
-        out[rows] = (features[:, rows].to(torch.float64) - mean).transpose(0, 1)
-    return out.transpose(0, 1)
-
-
 def _row_stats(x: torch.Tensor) -> _RowStats:
     """diag(K_a) and K_a 1 for K_a = X_a X_a' of every layer of centred x (L, N, D), float64."""
     column_sums = x.sum(1, dtype=torch.float64)[..., None]  # (L, D, 1): X' 1
@@ -141,7 +126,7 @@ def _linear_cross(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tenso
     """tr(K_a L_b) for K_a = X_a X_a', L_b = Y_b Y_b' of centred x (L_A, N, D_A) and y
     (L_B, N, D_B), (L_A, L_B) float64; within x alone (y None) each pair is computed once.
 
-    x and y must be samples-major views (from ``_centred``) for the feature route's flat reads,
+    x and y must be samples-major views (from ``centred_copy``) for the feature route's flat reads,
     and float64 where ``_gram_route`` holds. Neither route holds more than one chunk of N×N Gram
     rows.
     """
@@ -158,7 +143,7 @@ def _linear_cross(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tenso
     # Feature route: D_A × D_B cross-covariances of layer a with every layer of y (within: with
     # layers a..L only). Samples-major (N, L*D), so each layer meets all layers in one large
     # GEMM, which BLAS runs ~15% faster than the same work as L batched D×N×D products.
-    flat_x = x.transpose(0, 1).reshape(n, la * da)  # a view of _centred's storage
+    flat_x = x.transpose(0, 1).reshape(n, la * da)  # a view of centred_copy's storage
     flat_y = flat_x if within else y.transpose(0, 1).reshape(n, lb * db)
     with full_float32_matmul():
         for a in range(la):
@@ -218,18 +203,24 @@ def _cross_cka(
 
 
 def _linear_hsic(
-    features: torch.Tensor, other: torch.Tensor | None, unbiased: bool, dtype: torch.dtype
+    features: torch.Tensor,
+    other: torch.Tensor | None,
+    unbiased: bool,
+    dtype: torch.dtype,
+    scales: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Linear-kernel HSIC of all pairs, (L_A, L_B), with the self-HSIC of each stack when
     ``other`` is given (within one stack the self-HSIC is the diagonal). ``dtype`` is that of
-    the feature route's products; the Gram route always runs in float64."""
+    the feature route's products; the Gram route always runs in float64. Each layer is scaled
+    by ``scales`` (L,), by default its own power of two (``centred_copy``): CKA does not change,
+    squares neither overflow nor underflow."""
     if _gram_route(features.shape, (other if other is not None else features).shape):
         dtype = torch.float64
-    x = _centred(features, dtype)
+    x = centred_copy(features, dtype, scales[0])
     stats_x = _row_stats(x)
     if other is None:
         return _hsic(_linear_cross(x), stats_x, stats_x, unbiased), None, None
-    y = _centred(other, dtype)
+    y = centred_copy(other, dtype, scales[1])
     stats_y = _row_stats(y)
     hsic = _hsic(_linear_cross(x, y), stats_x, stats_y, unbiased)
     self_x = _hsic(_linear_self(x), stats_x, stats_x, unbiased, diagonal=True)
@@ -269,7 +260,7 @@ def _rbf_grams(
     counts as an identical pair, both for the zero-median check and for "nonzero_median".
     """
     grams, zero_median = [], []
-    for layer in _centred(features, torch.float64):  # (N, D) each
+    for layer in centred_copy(features, torch.float64):  # (N, D) each, scaled
         sq_norms = layer.pow(2).sum(-1)  # (N,)
         sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * layer @ layer.T).clamp_min(0)
         identical = 1e3 * torch.finfo(torch.float64).eps * sq_norms.max()  # round-off level
@@ -350,6 +341,9 @@ class MinibatchCKA:
         self.num_samples = 0
         self._constant: list[torch.Tensor | None] = [None, None]  # (L,) per stack
         self._reference: list[torch.Tensor | None] = [None, None]  # (L, D) first sample
+        # (L,) per stack, from the first batch and then fixed: a scale per layer leaves CKA as
+        # it is only when every batch's HSIC carries the same one
+        self._scales: list[torch.Tensor | None] = [None, None]
 
     def _observe(self, index: int, batch: torch.Tensor, expected: int, name: str) -> None:
         if batch.shape[0] != expected:
@@ -360,6 +354,7 @@ class MinibatchCKA:
         if self._reference[index] is None:
             self._reference[index] = batch[:, 0].clone()
             self._constant[index] = torch.ones(batch.shape[0], dtype=torch.bool)
+            self._scales[index] = layer_scales(batch)
         self._constant[index] &= ~varying_layers(batch, self._reference[index]).cpu()
 
     def update(self, batch_features: torch.Tensor, other_features: torch.Tensor | None = None):
@@ -373,12 +368,13 @@ class MinibatchCKA:
         weight = n * (n - 3)
         if other_features is None:
             self._observe(0, batch_features, self.num_layers, "")
-            hsic, _, _ = _linear_hsic(batch_features, None, True, torch.float64)
+            hsic, _, _ = _linear_hsic(batch_features, None, True, torch.float64,
+                                      (self._scales[0], None))
         else:
             self._observe(0, batch_features, self.num_layers, " of model A")
             self._observe(1, other_features, self.other_layers, " of model B")
             hsic, self_x, self_y = _linear_hsic(batch_features, other_features, True,
-                                                torch.float64)
+                                                torch.float64, tuple(self._scales))
             self.self_sums[0].add_(weight * self_x.cpu())
             self.self_sums[1].add_(weight * self_y.cpu())
         self.hsic_sum += weight * hsic.cpu()
