@@ -14,8 +14,8 @@ from causal_lm_helpers import save_tiny_lm, write_corpus
 from conftest import ROOT, compose_train
 
 from aligned.config import ConfigError
+from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.fit import train
-from aligned.training.system import LayerwiseClassifier
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,10 @@ def test_every_objective_trains_the_lm_and_writes_token_metrics(lm_and_corpus, t
         assert all(5 < p < 200 and math.isfinite(p) for p in perplexity)
         assert results["final_accuracy"][split] == accuracy[-1]
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
-    system = LayerwiseClassifier.load_from_checkpoint(results["checkpoint"])
+    # As evaluate.py loads it: the config builds the model (weights not loaded twice), then the
+    # checkpoint's weights.
+    system = load_system(read_checkpoint(results["checkpoint"]))
+    assert system.next_token and system.hparams["model"]["name_or_path"] == str(lm)
     expected_extra = 2 * 32 * 28 if "loss=multiexit" in loss else 0  # (L-1)·D·V, no biases
     assert system.objective.extra_parameters() == expected_extra
 

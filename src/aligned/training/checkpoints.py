@@ -16,6 +16,7 @@ from aligned.training.system import LayerwiseClassifier
 
 TIMM_TARGET = "aligned.models.backbones.timm_vit.TimmViT"
 HF_TARGET = "aligned.models.backbones.hf_encoder.HFEncoder"
+HF_DECODER_TARGET = "aligned.models.backbones.hf_decoder.HFDecoder"
 # Model settings of how the blocks run, not of what they compute: any checkpoint takes them,
 # even one saved before they existed (model.compile=true evaluates it compiled).
 RUNTIME_MODEL_KEYS = ("compile", "compile_backend")
@@ -91,7 +92,7 @@ def load_system(
     # The trained weights follow; don't load the pretrained ones again (HF: the config suffices).
     if hparams["model"].get("_target_") == TIMM_TARGET:
         hparams["model"].update(pretrained=False, checkpoint_path=None)
-    elif hparams["model"].get("_target_") == HF_TARGET:
+    elif hparams["model"].get("_target_") in (HF_TARGET, HF_DECODER_TARGET):
         hparams["model"].update(pretrained=False)
     system = LayerwiseClassifier(**hparams)
     try:
