@@ -18,6 +18,8 @@ import aligned.resolvers  # noqa: F401  (registers ${minilm_path:} etc. before H
 from aligned.config import ConfigError, user_message
 from aligned.training import interruption, train
 from aligned.training.interruption import Interrupted, stop_on_signals
+from aligned.training.sweep_ranks import job_command, start_sweep_job
+from aligned.training.time_limit import TimeLimitReached
 
 log = logging.getLogger("train")
 
@@ -34,9 +36,11 @@ def main(cfg: DictConfig) -> float | None:
     if interruption.received():  # an earlier job of this sweep was stopped: run no more
         print(f"Not run: the sweep was {interruption.received()}.", file=sys.stderr)
         return None
+    if sweeping:  # as the first job; DDP ranks it starts run it alone (training.sweep_ranks)
+        start_sweep_job(HydraConfig.get().runtime.output_dir)
     try:
         results = train(cfg)
-    except Interrupted as stop:
+    except (Interrupted, TimeLimitReached) as stop:
         print(stop.message(own_command()), file=sys.stderr)
         if sweeping:
             return None  # the summary of the finished jobs is written; the sweep exits non-zero
@@ -62,4 +66,5 @@ def own_command() -> str:
 
 
 if __name__ == "__main__":
+    sys.argv = job_command(sys.argv)  # a DDP rank > 0 of a sweep job: that job alone
     main()

@@ -24,11 +24,13 @@ from aligned.training.resume import (
     AUTO,
     RelocatableCheckpoint,
     check_same_settings,
+    discard_hpc_checkpoints,
     keep_csv_history,
     resume_checkpoint,
     run_dir_of,
 )
 from aligned.training.system import LayerwiseClassifier, headline_key
+from aligned.training.time_limit import raise_if_cut_short
 from aligned.typed_settings import TRAIN_KEYS, check_seed, check_settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     fresh_auto = cfg.get("resume") == AUTO and resume_from is None
     run_directory.claim(run_dir, resuming=resume_from is not None,
                         overwrite=cfg.get("overwrite") is True or fresh_auto)
+    discard_hpc_checkpoints(run_dir)  # mid-epoch: never what a run resumes from (see resume.py)
     try:
         return train_in(cfg, run_dir, resume_from)
     finally:
@@ -126,6 +129,7 @@ def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
         fitted = True
+        raise_if_cut_short(trainer, run_dir)  # callbacks=timer stopped it: no results, not done
         if trainer.fast_dev_run:  # Lightning's smoke test: no checkpoint, nothing to test
             print(f"trainer.fast_dev_run: {trainer.num_training_batches} training and "
                   f"{sum(trainer.num_val_batches)} validation batch(es) ran; a smoke test "
