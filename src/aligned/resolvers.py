@@ -71,7 +71,11 @@ def run_name() -> str:
     return f"slurm-{job}" if job else f"{STARTED}_{RUN_ID}"
 
 
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+# Cached in the config that resolved it: Hydra copies that cache into every job's config, and a
+# launcher that runs jobs in other processes (submitit, on this machine or on SLURM) pickles it
+# with the config, so every job, and a job resubmitted after a preemption, finds the sweep
+# directory the launching process chose (a new process would otherwise name a new one).
+OmegaConf.register_new_resolver("run_name", run_name, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("minilm_path", minilm_path, replace=True)
 OmegaConf.register_new_resolver("smollm2_path", smollm2_path, replace=True)
 OmegaConf.register_new_resolver("glue_num_labels", glue_num_labels, replace=True)
