@@ -171,7 +171,7 @@ def format_markdown(rows: list[dict[str, Any]], unfinished: list[Path], sweep_di
     if unfinished:
         names = ", ".join(str(path.relative_to(sweep_dir)) for path in unfinished)
         lines += ["", f"Warning: skipped {len(unfinished)} job dir(s) without results.json "
-                      f"(failed, killed or still running): {names}"]
+                      f"(failed, stopped early or still running): {names}"]
     return "\n".join(lines) + "\n"
 
 
@@ -191,7 +191,7 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not runs:
         raise SweepSummaryError(
             f"no {RESULTS_FILE} under {sweep_dir} "
-            f"({len(unfinished)} job dir(s) without one: failed, killed or still running)."
+            f"({len(unfinished)} job dir(s) without one: failed, stopped early or still running)."
         )
     rows = summarize_runs(runs)
     write_csv(rows, sweep_dir / CSV_FILE)
