@@ -2,6 +2,8 @@
 
     python benchmarks/similarity.py [--layers 12] [--dim 384] [--sizes 2000 4000]
                                     [--large-sizes 10000 100000] [--batch-size 250]
+                                    [--cross-dims 384 768] [--cross-samples 10000]
+                                    [--skip a b c d e]
 
 (a) ``ckatorch.cka_base`` (one pair per call) on every pair a <= b, side by side with our
     ``linear_cka`` in the same estimator (ckatorch's default: biased HSIC, linear kernel).
@@ -11,6 +13,11 @@
 (c) ``torch-cka``'s ``CKA`` only accepts two models and dataloaders; we replay the stored
     features through a module of Identity layers so its hooks capture them, and compare with
     our ``MinibatchCKA`` on the same batches (both: unbiased HSIC averaged over minibatches).
+(d) Across two models: linear CKA of every layer of model A (L layers, D_A) against every
+    layer of model B (L layers, D_B) on the same N inputs, ours in one call, checked against
+    ``ckatorch.cka_base`` on a few pairs (its per-pair time extrapolated to all, labelled).
+(e) Across the same two models, every measure of the registry (``aligned.analysis.measures``),
+    at ``--measures-samples`` samples: the cost of each, side by side.
 
 ckatorch and torch-cka are benchmark-only (``pip install ckatorch torch-cka``); a part whose
 package is missing is skipped with a message. Features are random but each layer is a noisy
@@ -33,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from aligned.analysis.measures import MEASURES, cross_similarity
 from aligned.analysis.similarity import (
     CosAccumulator,
     MinibatchCKA,
@@ -59,6 +67,20 @@ def make_features(mixings: torch.Tensor, num_samples: int, seed: int) -> torch.T
         layer = layer @ mixing + 0.5 * torch.randn(num_samples, dim, generator=generator)
         layers.append(layer + 1.0)
     return torch.stack(layers)  # (L, N, D)
+
+
+def make_model_b(features_a: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """(L, N, D_B): a second model reading model A's last layer through a random projection,
+    then re-mixing layer by layer, so A×B similarities are neither 0 nor 1."""
+    generator = torch.Generator().manual_seed(seed)
+    projection = torch.randn(features_a.shape[-1], dim, generator=generator)
+    start = features_a[-1] @ projection / features_a.shape[-1] ** 0.5  # (N, D_B)
+    own = make_features(layer_mixings(features_a.shape[0], dim, seed), features_a.shape[1], seed)
+    return own + start  # (L, N, D_B)
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
@@ -256,6 +278,74 @@ def compare_torch_cka(args: argparse.Namespace, mixings: torch.Tensor) -> None:
               f"(best of {args.repeats}) -> speed-up {theirs_s / ours_s:.0f}x")
 
 
+# --------------------------------------------------------------------------- (d), (e) across
+
+
+def compare_cross(args: argparse.Namespace) -> None:
+    dim_a, dim_b = args.cross_dims
+    num_samples = args.cross_samples
+    print(f"\n(d) across two models: linear CKA of {args.layers} x {args.layers} layer pairs, "
+          f"D_A={dim_a}, D_B={dim_b}, N={num_samples}, float32 features")
+    features_a = make_features(layer_mixings(args.layers, dim_a), num_samples, seed=1)
+    features_b = make_model_b(features_a, dim_b, seed=2)
+    linear_cka(features_a[:, :100], features_b[:, :100])  # first-call overheads
+    times = []
+    for _ in range(args.repeats):
+        load = load_average()
+        start = time.perf_counter()
+        ours = linear_cka(features_a, features_b)  # (L, L)
+        times.append((time.perf_counter() - start, load))
+    for seconds, load in times:
+        print(f"    ours, all {args.layers**2} pairs in one call: {seconds:6.2f} s "
+              f"(load average before the run {load})")
+    print(f"    best {min(seconds for seconds, _ in times):.2f} s; "
+          f"CKA(A layer 1, B layer l): " + " ".join(f"{v:.3f}" for v in ours[0].tolist()))
+    print(f"    CKA(A layer l, B layer {args.layers}): "
+          + " ".join(f"{v:.3f}" for v in ours[:, -1].tolist()))
+    try:
+        from ckatorch import cka_base
+    except ImportError:
+        print("    ckatorch is not installed: its check skipped (pip install ckatorch)")
+        return
+    last = args.layers - 1
+    pairs = [(0, 0), (0, last), (last // 2, last // 2), (last, 0), (last, last)]
+    pairs = pairs[: args.cross_pairs]
+    start = time.perf_counter()
+    theirs = {(a, b): cka_base(features_a[a], features_b[b]).item() for a, b in pairs}
+    per_pair = (time.perf_counter() - start) / len(pairs)
+    diff = max(abs(ours[a, b].item() - value) for (a, b), value in theirs.items())
+    print(f"    ckatorch.cka_base (biased, float64 N×N Grams) on pairs "
+          f"{[(a + 1, b + 1) for a, b in pairs]} (1-based): max |ours - ckatorch| = {diff:.1e}")
+    print(f"    ckatorch: {per_pair:.2f} s per pair measured; all {args.layers**2} pairs would "
+          f"take ~{per_pair * args.layers**2:.0f} s (EXTRAPOLATED from {len(pairs)} pairs)")
+    unbiased = linear_cka(features_a, features_b, unbiased=True)
+    check = pairs[:2]
+    diff = max(abs(unbiased[a, b].item()
+                   - cka_base(features_a[a], features_b[b], unbiased=True).item())
+               for a, b in check)
+    print(f"    unbiased HSIC, pairs {[(a + 1, b + 1) for a, b in check]}: max |ours - ckatorch| "
+          f"= {diff:.1e}")
+
+
+def compare_measures(args: argparse.Namespace) -> None:
+    dim_a, dim_b = args.cross_dims
+    num_samples = args.measures_samples
+    print(f"\n(e) every registry measure across two models: {args.layers} x {args.layers} "
+          f"pairs, D_A={dim_a}, D_B={dim_b}, N={num_samples}, float32 features")
+    features_a = make_features(layer_mixings(args.layers, dim_a), num_samples, seed=1)
+    features_b = make_model_b(features_a, dim_b, seed=2)
+    for name, measure in MEASURES.items():
+        if not measure.any_widths and dim_a != dim_b:
+            print(f"    {name:>10}: needs equal widths (D_A = D_B); skipped")
+            continue
+        load = load_average()
+        start = time.perf_counter()
+        matrix = cross_similarity(features_a, features_b, name)
+        seconds = time.perf_counter() - start
+        print(f"    {name:>10}: {seconds:6.2f} s (load {load}); {measure.kind} of A layer 1 "
+              f"vs B layer 1 / B layer {args.layers}: {matrix[0, 0]:.3f} / {matrix[0, -1]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -268,7 +358,13 @@ def main() -> None:
     parser.add_argument("--ckatorch-pairs", type=int, default=None,
                         help="time only the first K pairs of ckatorch and extrapolate (labelled)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"])
+    parser.add_argument("--cross-dims", type=int, nargs=2, default=[384, 768],
+                        help="(d), (e): widths of model A and model B")
+    parser.add_argument("--cross-samples", type=int, default=10_000, help="(d): N")
+    parser.add_argument("--cross-pairs", type=int, default=3,
+                        help="(d): layer pairs checked against ckatorch (1..5)")
+    parser.add_argument("--measures-samples", type=int, default=4000, help="(e): N")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d", "e"])
     parser.add_argument("--worker-large", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -288,6 +384,10 @@ def main() -> None:
         large_sizes(args)
     if "c" not in args.skip:
         compare_torch_cka(args, mixings)
+    if "d" not in args.skip:
+        compare_cross(args)
+    if "e" not in args.skip:
+        compare_measures(args)
 
 
 if __name__ == "__main__":

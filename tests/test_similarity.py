@@ -71,8 +71,17 @@ def slow_rbf_cka(features: torch.Tensor, sigma_scale: float) -> torch.Tensor:
 # --------------------------------------------------------------------------- CKA
 
 
-# (N, D) chosen so both routes of _linear_gram_stats run: Gram (N < 0.4 L D) and feature space.
+# (N, D) chosen so both routes of the linear statistics run: Gram (small N) and feature space.
 ROUTES = pytest.mark.parametrize("num_samples, dim", [(24, 40), (60, 6)], ids=["gram", "feature"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_route_parameters_take_the_route_they_are_named_after(dtype):
+    from aligned.analysis.similarity import _gram_route
+
+    for (num_samples, dim), gram in (((24, 40), True), ((60, 6), False)):
+        shape = torch.Size((4, num_samples, dim))
+        assert _gram_route(shape, shape, dtype) == gram
 
 
 @ROUTES

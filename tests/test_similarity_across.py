@@ -49,6 +49,15 @@ ROUTES = pytest.mark.parametrize(
 )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_route_parameters_take_the_route_they_are_named_after(dtype):
+    from aligned.analysis.similarity import _gram_route
+
+    for (num_samples, (dim_a, dim_b)), gram in (((20, (30, 50)), True), ((80, (5, 3)), False)):
+        shapes = torch.Size((3, num_samples, dim_a)), torch.Size((4, num_samples, dim_b))
+        assert _gram_route(*shapes, dtype) == gram
+
+
 @ROUTES
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_cross_linear_cka_matches_direct_formula(num_samples, dims, unbiased):

@@ -151,7 +151,7 @@ def canonical_similarity(
 
     white_a = whitenings(0)
     white_b = white_a if covariances.within else whitenings(1)
-    out = torch.empty(covariances.layers, dtype=torch.float64)
+    out = torch.empty(covariances.layers, dtype=torch.float64, device=covariances.device)
     for a, wa in enumerate(white_a):
         start = a if covariances.within and symmetric else 0
         for offset, block in enumerate(covariances.cross_row(a, start)):  # (D_A, D_B) each

@@ -6,8 +6,8 @@ Both classes answer the same three questions, in float64 and normalised by N - 1
 - ``covariance(stack, layer)``: Σ_aa of one layer, (D, D); ``stack`` 0 is model A, 1 model B;
 - ``cross_row(a, start)``: Σ_ab for layer a of A and layers ``start..L_B`` of B (within one
   stack: of the same stack), (L_B - start, D_A, D_B);
-- ``num_samples``, ``layers`` (L_A, L_B), ``widths`` (D_A, D_B), ``within``, ``eps`` (the
-  machine epsilon of the least precise input, for numerical-rank decisions);
+- ``num_samples``, ``layers`` (L_A, L_B), ``widths`` (D_A, D_B), ``within``, ``device``,
+  ``eps`` (the machine epsilon of the least precise input, for numerical-rank decisions);
 - ``check(what)``: one clear error when there are too few samples or a layer is constant;
 - ``scale(stack, layer)``: every layer is multiplied by a power of two before its moments are
   taken (exact; ``feature_stacks.layer_scales``), so features near 1e±200 still give finite,
@@ -53,6 +53,7 @@ class FeatureCovariance:
         self.layers = tuple(stack.shape[0] for stack in stacks) * (2 if self.within else 1)
         self.widths = tuple(stack.shape[2] for stack in stacks) * (2 if self.within else 1)
         self.num_samples = features.shape[1]
+        self.device = features.device
         self.eps = _least_precise_eps(features, other)
         # Each layer times a power of two (exact; see layer_scales), so covariances of features
         # near 1e±200 stay finite and non-zero; ``scales`` undoes it for euclidean Procrustes.
@@ -93,6 +94,7 @@ class CovarianceAccumulator:
         self.layers: tuple[int, ...] = ()
         self.widths: tuple[int, ...] = ()
         self.num_samples = 0
+        self.device = torch.device("cpu")  # that of the first batch, once there is one
         self.eps = 0.0
         self._shift: torch.Tensor | None = None  # (L_A*D_A + L_B*D_B,) first batch's mean
         self._sum: torch.Tensor | None = None  # (L_A*D_A + L_B*D_B,) of shifted features
@@ -132,6 +134,7 @@ class CovarianceAccumulator:
                 scales.to(flat.device).repeat_interleave(stack.shape[2])
                 for scales, stack in zip(self.scales, stacks, strict=True)])
             self._shift = flat.mean(0)
+            self.device = flat.device
             self._sum = torch.zeros_like(self._shift)
             self._moments = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64,
                                         device=flat.device)

@@ -45,17 +45,17 @@ def product_dtype(*stacks: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if dtypes == {torch.float64} else torch.float32
 
 
-def layer_scales(features: torch.Tensor) -> torch.Tensor:
-    """(L,) float64 powers of two that bring each layer's largest centred |value| into
-    [0.5, 1), or 1 for an all-equal layer.
+def layer_scales(features: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """(L,) powers of two that bring each layer's largest centred |value| into [0.5, 1), or 1
+    for an all-equal layer; ``mean`` (L, D) is the layer means if already computed.
 
     Multiplying by a power of two is exact, so every measure that a per-layer scale does not
     change (CKA, CCA, COS, angular Procrustes, k-NN) sees the same numbers, while squares of
     features near 1e±200 neither overflow nor underflow float64 (nor 1e±19 float32 products).
     """
-    mean = features.mean(dim=1, dtype=torch.float64)  # (L, D)
-    highest = (features.amax(dim=1).to(torch.float64) - mean).abs()
-    lowest = (features.amin(dim=1).to(torch.float64) - mean).abs()
+    mean = features.mean(dim=1, dtype=torch.float64) if mean is None else mean  # (L, D)
+    highest = (features.amax(dim=1).to(mean.dtype) - mean).abs()
+    lowest = (features.amin(dim=1).to(mean.dtype) - mean).abs()
     return power_of_two_scale(torch.maximum(highest, lowest).amax(dim=-1))  # (L,)
 
 
@@ -73,19 +73,25 @@ def centred_copy(
     """A new (L, N, D) tensor of ``dtype``: each layer minus its mean over samples, times its
     ``scales`` entry (default ``layer_scales(features)``).
 
-    The subtraction runs in float64, a chunk of samples at a time, so a float32 result needs no
-    full float64 copy. Stored samples-major, (N, L, D) in memory, so all layers read as one
-    (N, L*D) matrix without copying (``.transpose(0, 1).reshape(N, -1)`` is a view). Always a
-    copy: callers' tensors stay as they were (an in-place centring once changed a float64
-    caller's features).
+    A float64 result is centred in float64. A float32 one (the products of float32 features) is
+    centred in float32, a chunk at a time: the float32 mean is off by about one rounding of the
+    mean, a shift every HSIC, covariance and distance here removes exactly in its own formula,
+    and x - mean is exact wherever x is close to the mean (Sterbenz), so nothing the input holds
+    is lost, and no float64 copy of the features is made. Stored samples-major, (N, L, D) in
+    memory, so all layers read as one (N, L*D) matrix without copying
+    (``.transpose(0, 1).reshape(N, -1)`` is a view). Always a copy: callers' tensors stay as
+    they were (an in-place centring once changed a float64 caller's features).
     """
     num_layers, num_samples, dim = features.shape
-    mean = features.mean(dim=1, dtype=torch.float64)[:, None]  # (L, 1, D)
-    scales = layer_scales(features) if scales is None else scales
-    scales = scales.to(device=features.device, dtype=torch.float64)[:, None, None]  # (L, 1, 1)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    mean = features.mean(dim=1, dtype=work)  # (L, D)
+    scales = layer_scales(features, mean) if scales is None else scales
+    scales = scales.to(device=features.device, dtype=work)[:, None, None]  # (L, 1, 1)
+    mean = mean[:, None]  # (L, 1, D)
     out = torch.empty(num_samples, num_layers, dim, dtype=dtype, device=features.device)
-    for rows in sample_chunks(num_samples, 8 * num_layers * dim):
-        out[rows] = ((features[:, rows].to(torch.float64) - mean) * scales).transpose(0, 1)
+    item = torch.finfo(work).bits // 8
+    for rows in sample_chunks(num_samples, item * num_layers * dim):
+        out[rows] = ((features[:, rows].to(work) - mean) * scales).transpose(0, 1)
     return out.transpose(0, 1)
 
 
@@ -178,8 +184,9 @@ def varying_layers(features: torch.Tensor, reference: torch.Tensor) -> torch.Ten
 
 
 def constant_layers(features: torch.Tensor) -> torch.Tensor:
-    """(L,) bool on the CPU: every sample of the layer is the same vector."""
-    return ~varying_layers(features, features[:, 0]).cpu()
+    """(L,) bool on the CPU: every sample of the layer is the same vector (each feature's
+    largest value is its smallest; two reductions, no (L, N, D) comparison)."""
+    return (features.amax(dim=1) == features.amin(dim=1)).all(dim=-1).cpu()
 
 
 def raise_constant(constant: torch.Tensor, what: str, stack: str = "") -> None:

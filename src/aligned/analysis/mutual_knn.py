@@ -71,7 +71,7 @@ def mutual_knn(
 
     lists_a = neighbour_lists(features)
     lists_b = lists_a if other is None else neighbour_lists(other)
-    out = torch.empty(len(lists_a), len(lists_b), dtype=torch.float64)
+    out = torch.empty(len(lists_a), len(lists_b), dtype=torch.float64, device=features.device)
     for a, neighbours_a in enumerate(lists_a):
         for b, neighbours_b in enumerate(lists_b):
             if other is None and b < a:

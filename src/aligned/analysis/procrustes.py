@@ -49,12 +49,13 @@ def procrustes_from_covariances(
 
     def inverse_scales(stack: int) -> torch.Tensor:
         return torch.tensor([1 / covariances.scale(stack, layer)
-                             for layer in range(covariances.layers[stack])], dtype=torch.float64)
+                             for layer in range(covariances.layers[stack])],
+                            dtype=torch.float64, device=covariances.device)
 
     norms_a, unscale_a = squared_norms(0), inverse_scales(0)
     norms_b, unscale_b = ((norms_a, unscale_a) if covariances.within
                           else (squared_norms(1), inverse_scales(1)))
-    out = torch.zeros(covariances.layers, dtype=torch.float64)
+    out = torch.zeros(covariances.layers, dtype=torch.float64, device=covariances.device)
     for a in range(covariances.layers[0]):
         start = a + 1 if covariances.within else 0
         if start >= covariances.layers[1]:

@@ -101,25 +101,28 @@ def _hsic(
 
 
 def _row_stats(x: torch.Tensor) -> _RowStats:
-    """diag(K_a) and K_a 1 for K_a = X_a X_a' of every layer of centred x (L, N, D), float64."""
-    column_sums = x.sum(1, dtype=torch.float64)[..., None]  # (L, D, 1): X' 1
-    diag, row_sums = [], []
-    for rows in sample_chunks(x.shape[1], 8 * x.shape[0] * x.shape[2]):
-        chunk = x[:, rows].to(torch.float64)  # (L, rows, D)
-        diag.append(chunk.pow(2).sum(-1))
-        row_sums.append((chunk @ column_sums).squeeze(-1))  # K 1 = X (X' 1)
-    return _RowStats(torch.cat(diag, 1), torch.cat(row_sums, 1))
+    """diag(K_a) and K_a 1 for K_a = X_a X_a' of every layer of centred x (L, N, D), float64;
+    computed in x's precision, that of the products they enter the HSIC with."""
+    column_sums = x.sum(1)[..., None]  # (L, D, 1): X' 1
+    with full_float32_matmul():
+        row_sums = (x @ column_sums).squeeze(-1)  # (L, N): K 1 = X (X' 1)
+    diag = torch.linalg.vector_norm(x, dim=-1).square()  # (L, N), no (L, N, D) temporary
+    return _RowStats(diag.to(torch.float64), row_sums.to(torch.float64))
 
 
-def _gram_route(x: torch.Size, y: torch.Size) -> bool:
-    """True when N×N Gram matrices are cheaper than D_A×D_B cross-covariances.
+def _gram_route(x: torch.Size, y: torch.Size, product_dtype: torch.dtype) -> bool:
+    """True when N×N Gram matrices (float64) are cheaper than D_A×D_B cross-covariances.
 
     For all pairs tr(K_a L_b) = ||X_a' Y_b||_F^2 costs ~L_A L_B N D_A D_B in feature space and
     ~N^2 (L_A D_A + L_B D_B) through the Gram matrices. Within one stack that is N < 0.5 L D by
-    the cost ratio; on CPU, float64, the measured crossover was N ≈ 0.4 L D, hence the 0.8.
+    the cost ratio; on CPU with both routes in float64 the measured crossover was N ≈ 0.4 L D,
+    hence the 0.8. Float32 feature-space products run twice as fast: measured on 2 busy cores
+    (L = 12, D = 384 and 768) the crossovers were N ≈ 0.28 L D within and N ≈ 1100 across,
+    hence 0.45 then.
     """
     (la, n, da), (lb, _, db) = x, y
-    return n * (la * da + lb * db) < 0.8 * la * lb * da * db
+    factor = 0.8 if product_dtype == torch.float64 else 0.45
+    return n * (la * da + lb * db) < factor * la * lb * da * db
 
 
 def _linear_cross(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,7 +137,7 @@ def _linear_cross(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tenso
     y = x if within else y
     (la, n, da), (lb, _, db) = x.shape, y.shape
     cross = torch.zeros(la, lb, dtype=torch.float64, device=x.device)
-    if _gram_route(x.shape, y.shape):  # chunked over rows: L × rows × N at a time
+    if _gram_route(x.shape, y.shape, x.dtype):  # chunked over rows: L × rows × N at a time
         for rows in sample_chunks(n, 8 * (la + (0 if within else lb)) * n):
             grams_x = (x[:, rows] @ x.transpose(1, 2)).flatten(1)  # (L_A, rows*N)
             grams_y = grams_x if within else (y[:, rows] @ y.transpose(1, 2)).flatten(1)
@@ -214,7 +217,7 @@ def _linear_hsic(
     the feature route's products; the Gram route always runs in float64. Each layer is scaled
     by ``scales`` (L,), by default its own power of two (``centred_copy``): CKA does not change,
     squares neither overflow nor underflow."""
-    if _gram_route(features.shape, (other if other is not None else features).shape):
+    if _gram_route(features.shape, (other if other is not None else features).shape, dtype):
         dtype = torch.float64
     x = centred_copy(features, dtype, scales[0])
     stats_x = _row_stats(x)
