@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch._dynamo
 import yaml
+from causal_lm_helpers import save_tiny_lm
 from conftest import CONF, ROOT, TINY, compose_evaluate, compose_train
 from hydra.core.global_hydra import GlobalHydra
 from test_backbones import tiny_bert_dir, token_batch
@@ -21,6 +22,7 @@ from test_backbones import tiny_bert_dir, token_batch
 from aligned.config import ConfigError
 from aligned.evaluation import load_for_evaluation
 from aligned.models.backbones import HFEncoder, TimmViT
+from aligned.models.backbones.hf_decoder import HFDecoder
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.fit import train
 from aligned.training.interruption import SIGNALS
@@ -116,6 +118,21 @@ def test_bert_blocks_compile_and_compute_what_they_did(tmp_path):
             state = fast.run_block(layer, state)
         torch.testing.assert_close(fast.read(state), plain.layer_features(batch)[-1])
     assert COUNTS["calls"] - calls == 2 * fast.num_layers
+
+
+def test_decoder_blocks_compile_and_compute_what_they_did(tmp_path):
+    # LLaMA: its blocks also take the rotary embeddings and the mask as arguments.
+    path = str(save_tiny_lm(tmp_path / "llama", "llama"))
+    plain = HFDecoder(path).eval()
+    fast = HFDecoder(path, compile=True, compile_backend="aligned_test_counting").eval()
+    assert all(compiled(block) for block in fast.parts.blocks)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    ids = torch.tensor([[3, 7, 9, 11, 5, 0], [4, 6, 8, 0, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    calls = COUNTS["calls"]
+    with torch.no_grad():
+        torch.testing.assert_close(fast.layer_features(batch), plain.layer_features(batch))
+    assert COUNTS["calls"] - calls == fast.num_layers
 
 
 def test_an_unknown_compile_backend_is_one_clear_error():

@@ -21,6 +21,7 @@ from transformers.masking_utils import create_causal_mask
 
 from aligned.config import ConfigError
 from aligned.models.backbones.base import BlockState, LayerwiseBackbone
+from aligned.models.backbones.compilation import compile_blocks
 from aligned.models.backbones.hf_encoder import indices, pad_tokens
 
 SUPPORTED = "GPT-2 (GPT2LMHeadModel) and LLaMA-family (LlamaForCausalLM: LLaMA, SmolLM2, ...)"
@@ -70,7 +71,8 @@ class HFDecoder(LayerwiseBackbone):
     inputs = "causal_text"  # token sequences with next-token labels; train.py pairs data=text
     task = "causal_lm"  # the system predicts the next token at every position
 
-    def __init__(self, name_or_path: str, final_norm: bool = True, pretrained: bool = True) -> None:
+    def __init__(self, name_or_path: str, final_norm: bool = True, pretrained: bool = True,
+                 compile: bool = False, compile_backend: str = "inductor") -> None:
         super().__init__()
         self.final_norm = final_norm
         # from_pretrained returns eval mode; a fresh module trains (dropout on) like any other.
@@ -81,6 +83,8 @@ class HFDecoder(LayerwiseBackbone):
             raise ConfigError(f"'{name_or_path}' has no layers (num_hidden_layers=0).")
         self.feature_dim = self.model.config.hidden_size
         self.num_classes = self.parts.lm_head.out_features  # the vocabulary
+        if compile:  # each decoder layer, with torch.compile (model.compile=true)
+            compile_blocks(self.parts.blocks, compile_backend)
 
     def begin(self, inputs: Mapping[str, torch.Tensor]) -> BlockState:
         self.check_tokens(inputs)
