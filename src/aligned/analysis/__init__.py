@@ -1,13 +1,17 @@
-"""Analysis: layer-by-layer similarity (COS, CKA), the evaluation pass that collects what every
-layer-wise read-out needs, and the read-outs themselves (METHOD.md §1–2).
+"""Analysis: layer-by-layer similarity (COS, CKA, and the measures peers use: CCA, SVCCA,
+PWCCA, Procrustes, mutual k-NN; within one model or across two), the evaluation pass that
+collects what every layer-wise read-out needs, and the read-outs themselves (METHOD.md §1–2).
 
     from aligned.analysis import linear_cka, run_layerwise_pass, summarize
+    from aligned.analysis import cross_similarity, similarity_matrix, MEASURES
 
 The figures (``aligned.analysis.plots``, which selects matplotlib's file-only Agg backend),
 ``report.md`` (``aligned.analysis.report``) and W&B logging (``aligned.analysis.wandb_logging``)
 are imported by their module names, so that importing this package changes no plotting backend.
 """
 
+from aligned.analysis.cca import canonical_similarity, mean_squared_cca, pwcca, svcca
+from aligned.analysis.covariance import CovarianceAccumulator
 from aligned.analysis.layerwise_pass import (
     ExitSignalCache,
     LayerwiseOutputs,
@@ -15,6 +19,9 @@ from aligned.analysis.layerwise_pass import (
     run_layerwise_pass,
     summarize,
 )
+from aligned.analysis.measures import MEASURES, cross_similarity, similarity_matrix
+from aligned.analysis.mutual_knn import mutual_knn
+from aligned.analysis.procrustes import procrustes_distance, procrustes_from_covariances
 from aligned.analysis.readouts import (
     is_monotone,
     layer_accuracy,
@@ -34,6 +41,9 @@ from aligned.analysis.similarity import (
 )
 
 __all__ = [
+    "MEASURES", "CovarianceAccumulator", "canonical_similarity", "cross_similarity",
+    "mean_squared_cca", "mutual_knn", "procrustes_distance", "procrustes_from_covariances",
+    "pwcca", "similarity_matrix", "svcca",
     "CosAccumulator", "ExitSignalCache", "LayerwiseOutputs", "MinibatchCKA",
     "collect_exit_signals", "cos_similarity", "is_monotone", "layer_accuracy", "linear_cka",
     "minibatch_cka", "minimal_depth", "rbf_cka", "reduce_tokens", "run_layerwise_pass",
