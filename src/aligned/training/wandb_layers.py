@@ -5,15 +5,17 @@ after fit under ``best/`` keys (summary, table, chart) rather than as a last his
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from aligned.training.loggers import LayerwiseWandbLogger
 from aligned.training.metrics import METRIC_KEYS
 from aligned.training.system import headline_key, layer_key
+
+if TYPE_CHECKING:  # loggers builds this callback: a runtime import would be a circle
+    from aligned.training.loggers import LayerwiseWandbLogger
 
 STEP = "trainer/global_step"  # the x axis Lightning's WandbLogger defines for every key
 BEST = "best/"  # prefix of the keys of the checkpoint evaluated after fit
