@@ -16,7 +16,8 @@ single run).
 The jobs of a sweep run one after another in the launching process, and Lightning leaves a DDP
 job's process group and its rank variables (``LOCAL_RANK``, ``MASTER_PORT``, ...) behind: the
 next job would take them to mean that its ranks were started already, and wait on the last
-job's. Each job therefore starts with the environment the first one had and no process group.
+job's. Each job therefore starts with those variables as the first job found them, and no
+process group.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ JOB_DIR_VARIABLE = "ALIGNED_SWEEP_JOB_DIR"
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-_first_environment: dict[str, str] | None = None  # as the sweep's first job found it
+# What Lightning's DDP launcher sets in the launching process (and leaves there).
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_first_environment: dict[str, str | None] | None = None  # as the sweep's first job found them
 
 
 def start_sweep_job(job_dir: str | Path) -> None:
@@ -41,10 +44,12 @@ def start_sweep_job(job_dir: str | Path) -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # its other ranks have ended
     if _first_environment is None:
-        _first_environment = dict(os.environ)
-    else:
-        os.environ.clear()
-        os.environ.update(_first_environment)
+        _first_environment = {name: os.environ.get(name) for name in LAUNCHER_VARIABLES}
+    for name, value in _first_environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     os.environ[JOB_DIR_VARIABLE] = str(Path(job_dir).resolve())
 
 
