@@ -5,24 +5,22 @@ after fit under ``best/`` keys (summary, table, chart) rather than as a last his
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from aligned.training.metrics import METRIC_KEYS
 from aligned.training.system import headline_key, layer_key
-
-if TYPE_CHECKING:  # loggers builds this callback: a runtime import would be a circle
-    from aligned.training.loggers import LayerwiseWandbLogger
 
 STEP = "trainer/global_step"  # the x axis Lightning's WandbLogger defines for every key
 BEST = "best/"  # prefix of the keys of the checkpoint evaluated after fit
 
 
 class WandbLayerPanels(Callback):
-    def __init__(self, logger: LayerwiseWandbLogger) -> None:
+    def __init__(self, logger: WandbLogger) -> None:  # loggers.LayerwiseWandbLogger
         self.logger = logger
         self.defined = False
         self.best_rows: list[list[Any]] = []  # val, then test rows of the evaluated checkpoint
