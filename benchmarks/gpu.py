@@ -47,7 +47,7 @@ from aligned.training.system import LayerwiseClassifier  # noqa: E402
 LOSSES = {"standard": "aligned.models.objectives.StandardObjective",
           "aligned": "aligned.models.objectives.AlignedObjective",
           "multiexit": "aligned.models.objectives.MultiExitObjective"}
-# Stated synthetic exit pattern for 12 layers (mean exit layer 4.1, predicted 2.9x): most
+# Stated synthetic exit pattern for 12 layers (mean exit layer 5.02, predicted 2.39x): most
 # samples leave in the first third, a tail runs to the end, as confident models exit.
 DEFAULT_PATTERN = [0.0, 0.05, 0.25, 0.25, 0.15, 0.1, 0.05, 0.04, 0.03, 0.03, 0.02, 0.03]
 
