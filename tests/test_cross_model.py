@@ -86,3 +86,21 @@ def test_loaders_that_disagree_on_the_samples_are_a_clear_error(checkpoints):
         run_cross_model_pass(systems, (loader_a, loader_b), means, progress=False)
     with pytest.raises(ConfigError, match="different numbers of batches"):
         run_cross_model_pass(systems, (loader_a, loader_a * 2), means, progress=False)
+
+
+def test_similarity_measures_are_chosen_in_evaluate_within_and_across(checkpoints, tmp_path):
+    evaluation = evaluate(compose_evaluate(
+        [f"ckpt_path={checkpoints['small']}", f"compare_to={checkpoints['deeper']}",
+         "similarity.measures=[cos,cka,svcca,procrustes,mutual_knn]", "early_exit.enabled=false",
+         "device=cpu"], tmp_path))
+    for model, layers in ((evaluation, 2), (evaluation["compare_to"], 3)):
+        for name in ("cos", "cka", "svcca", "procrustes", "mutual_knn"):
+            assert np.asarray(model["similarity"][name]).shape == (layers, layers)
+        assert model["similarity_measures"]["svcca"]["samples"] == 360
+    cross = evaluation["cross_similarity"]
+    for name in ("svcca", "procrustes", "mutual_knn"):
+        assert np.asarray(cross[name]).shape == (2, 3) and np.isfinite(cross[name]).all()
+    assert cross["measures"]["procrustes"]["kind"] == "distance"
+    with pytest.raises(ConfigError, match="Unknown similarity measure 'ckaa'"):
+        evaluate(compose_evaluate([f"ckpt_path={checkpoints['small']}",
+                                   "similarity.measures=[ckaa]"], tmp_path / "bad"))

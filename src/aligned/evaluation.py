@@ -23,6 +23,7 @@ from aligned.analysis.layerwise_pass import (
     run_layerwise_pass,
     summarize,
 )
+from aligned.analysis.measure_pass import ExtraMeasures
 from aligned.analysis.report import write_report
 from aligned.config import (
     ConfigError,
@@ -100,7 +101,7 @@ def analyse_checkpoint(
     autocast = placement.autocast
     loader = evaluation_dataloader(run_config, data_overrides, cfg.split)
     outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits,
-                                 autocast=autocast)
+                                 autocast=autocast, extra_measures=extra_measures(cfg))
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
     summary = {
         "checkpoint": str(Path(loaded.path).resolve()) if not loaded.pretrained else None,
@@ -168,7 +169,16 @@ def cross_similarity(loaded: list[LoadedCheckpoint], analysed: list, cfg: DictCo
                     for c in loaded)
     means = tuple(outputs.layer_means for _, outputs, _ in analysed)
     return run_cross_model_pass((loaded[0].system, loaded[1].system), loaders, means,
-                                cfg.cos_centering, autocast=placement.autocast)
+                                cfg.cos_centering, autocast=placement.autocast,
+                                extra_measures=extra_measures(cfg))
+
+
+def extra_measures(cfg: DictConfig) -> ExtraMeasures | None:
+    """similarity.measures beyond COS and CKA (which every evaluation computes), or None."""
+    settings = cfg.get("similarity") or {}
+    names = list(settings.get("measures") or [])
+    extra = ExtraMeasures(names, settings.get("max_samples", 5000))
+    return extra if extra.names else None
 
 
 def display_names(run_configs: list[dict]) -> list[str]:

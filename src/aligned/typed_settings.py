@@ -43,6 +43,8 @@ EVALUATE_KEYS: dict[str, Any] = {
     "wandb_project": str,
     "device": str,
     "precision": str | int,
+    "similarity.measures": list[str],
+    "similarity.max_samples": int,
 }
 # Sections whose target is named in code, not in the config.
 IMPLIED_TARGETS = {"optim": "aligned.training.optim.adamw_with_warmup_cosine"}

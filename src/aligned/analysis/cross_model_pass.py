@@ -19,6 +19,7 @@ import torch
 
 from aligned.analysis.cos import CosAccumulator
 from aligned.analysis.layerwise_pass import Autocast, feature_batches
+from aligned.analysis.measure_pass import ExtraMeasures
 from aligned.analysis.similarity import MIN_SAMPLES_CKA, MinibatchCKA
 from aligned.config import ConfigError
 from aligned.training.system import LayerwiseClassifier
@@ -31,6 +32,7 @@ def run_cross_model_pass(
     cos_centering: str = "samples",
     progress: bool = True,
     autocast: Autocast = nullcontext,
+    extra_measures: ExtraMeasures | None = None,
 ) -> dict[str, Any]:
     """``cross_similarity`` of evaluation.json: CKA (L_A, L_B), and COS (L_A, L_B) or None with
     the reason when the widths differ. ``means``: each model's per-layer feature means (L, D)
@@ -59,6 +61,8 @@ def run_cross_model_pass(
             batches += 1
         if cos is not None:
             cos.update(features_a, features_b)
+        if extra_measures is not None:
+            extra_measures.update(features_a, features_b)
     if batches == 0:
         raise ConfigError(f"Cross-model CKA needs batches of at least {MIN_SAMPLES_CKA} samples; "
                           "use data.batch_size=<N> with N >= 4.")
@@ -71,7 +75,13 @@ def run_cross_model_pass(
             "cos_note": f"COS across models needs equal widths; these are {widths[0]} and "
                         f"{widths[1]} (CKA compares any widths)."}),
         "cos_centering": cos_centering,
+        **(_extra(extra_measures.compute()) if extra_measures is not None else {}),
     }
+
+
+def _extra(computed: dict[str, Any]) -> dict[str, Any]:
+    return {**computed["matrices"], **({"measures": computed["about"]} if computed["about"]
+                                       else {})}
 
 
 def _means_for(centering: str, means: tuple[np.ndarray, np.ndarray], device: torch.device

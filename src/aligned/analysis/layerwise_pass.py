@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aligned.analysis import readouts
+from aligned.analysis.measure_pass import ExtraMeasures
 from aligned.analysis.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA, sample_cosine
 from aligned.config import ConfigError
 from aligned.training.system import LayerwiseClassifier, require_classifier, unpack
@@ -66,6 +67,7 @@ class LayerwiseOutputs:
     layer_means: np.ndarray  # (L, D) mean feature per layer (COS centred over samples)
     cos: np.ndarray  # (L, L)
     cka: np.ndarray  # (L, L)
+    extra: dict | None = None  # ExtraMeasures.compute(): other measures' matrices, and about
 
     def exit_signals(self) -> ExitSignalCache:
         if self.logits is None:
@@ -113,7 +115,9 @@ def run_layerwise_pass(
     keep_logits: bool = True,
     progress: bool = True,
     autocast: Autocast = nullcontext,
+    extra_measures: ExtraMeasures | None = None,
 ) -> LayerwiseOutputs:
+    """``extra_measures`` (similarity.measures beyond COS and CKA) are fed the same batches."""
     system.eval()
     num_layers, num_classes, device = system.num_layers, system.backbone.num_classes, system.device
     cka = MinibatchCKA(num_layers)
@@ -145,6 +149,8 @@ def run_layerwise_pass(
             cka.update(features)
         if cos is not None:
             cos.update(features)
+        if extra_measures is not None:
+            extra_measures.update(features)
     if feature_sum is None:
         raise ValueError("The evaluation split is empty.")
     num_samples = int(class_count.sum())
@@ -168,6 +174,7 @@ def run_layerwise_pass(
         layer_means=(feature_sum / num_samples).cpu().numpy(),
         cos=cos.compute().numpy(),
         cka=cka.compute().numpy(),
+        extra=extra_measures.compute() if extra_measures is not None else None,
     )
 
 
@@ -201,7 +208,9 @@ def summarize(
         "num_samples": int(len(outputs.labels)),
         "num_layers": int(outputs.predictions.shape[1]),
         "layer_accuracy": accuracy.tolist(),
-        "similarity": {"cos": outputs.cos.tolist(), "cka": outputs.cka.tolist()},
+        "similarity": {"cos": outputs.cos.tolist(), "cka": outputs.cka.tolist(),
+                       **(outputs.extra["matrices"] if outputs.extra else {})},
+        **({"similarity_measures": outputs.extra["about"]} if outputs.extra else {}),
         "cos_to_last": cos_to_last.tolist(),
         "mean_confidence": mean_confidence.tolist(),
         "cos_confidence_correlation": readouts.correlation(cos_to_last, mean_confidence),

@@ -29,15 +29,22 @@ def accuracy_curve(summaries: dict[str, dict]) -> Figure:
 
 
 def similarity_heatmaps(summaries: dict[str, dict]) -> Figure:
+    """One row per model, one heatmap per measure (COS, CKA, then similarity.measures' others;
+    a distance such as procrustes on its own scale)."""
     rows = len(summaries)
-    fig, axes = plt.subplots(rows, 2, figsize=(8, 3.6 * rows), squeeze=False)
+    kinds = list(next(iter(summaries.values()))["similarity"])
+    fig, axes = plt.subplots(rows, len(kinds), figsize=(4 * len(kinds), 3.6 * rows),
+                             squeeze=False)
     for row, (name, summary) in enumerate(summaries.items()):
-        for col, kind in enumerate(("cos", "cka")):
+        distances = {k for k, about in summary.get("similarity_measures", {}).items()
+                     if about["kind"] == "distance"}
+        for col, kind in enumerate(kinds):
             matrix = np.asarray(summary["similarity"][kind])
             ax = axes[row, col]
             extent = (0.5, len(matrix) + 0.5, len(matrix) + 0.5, 0.5)
-            image = ax.imshow(matrix, vmin=min(0.0, matrix.min()), vmax=1.0, cmap="viridis",
-                              extent=extent)
+            low, high = ((matrix.min(), matrix.max()) if kind in distances
+                         else (min(0.0, matrix.min()), 1.0))
+            image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis", extent=extent)
             ticks = _layers(matrix)
             ax.set(title=f"{name}: {kind.upper()}", xlabel="layer", ylabel="layer",
                    xticks=ticks, yticks=ticks)
@@ -106,12 +113,15 @@ def class_mean_pca(class_means: dict[str, np.ndarray]) -> Figure:
 def cross_similarity_heatmaps(cross: dict, names: list[str]) -> Figure:
     """CKA (and COS where the widths match) of every layer of model A (rows) against every
     layer of model B (columns)."""
-    kinds = [kind for kind in ("cka", "cos") if cross.get(kind) is not None]
+    extra = list(cross.get("measures", {}))
+    kinds = [kind for kind in ("cka", "cos", *extra) if cross.get(kind) is not None]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         matrix = np.asarray(cross[kind])  # (L_A, L_B)
         rows, cols = matrix.shape
-        image = ax.imshow(matrix, vmin=min(0.0, matrix.min()), vmax=1.0, cmap="viridis",
+        distance = cross.get("measures", {}).get(kind, {}).get("kind") == "distance"
+        low, high = (matrix.min(), matrix.max()) if distance else (min(0.0, matrix.min()), 1.0)
+        image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis",
                           extent=(0.5, cols + 0.5, rows + 0.5, 0.5), aspect="auto")
         ax.set(title=f"{kind.upper()} across models", xlabel=f"layer of {names[1]}",
                ylabel=f"layer of {names[0]}", xticks=_layers(matrix[0]), yticks=_layers(matrix))
