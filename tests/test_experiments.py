@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from conftest import CONF, compose_train
+from test_bbc_news_data import use_bbc_tree, write_bbc_tree
 from test_evaluate import run_evaluate
 from test_glue_data import GLUE_FILES
+from test_mnist_data import write_mnist_csv
 from test_vision_data import (
     CLASSES,
     trust_written_files,
@@ -84,6 +86,13 @@ def stand_ins(name: str, root: Path, monkeypatch) -> list[str]:
         return [*glue, f"model.name_or_path={write_tiny_bert(root / 'bert')}", "data.task=sst2"]
     if name == "minilm_sst2":  # the real pretrained MiniLM ships with its package
         return [*glue, "data.train_subset=null"]
+    if name == "vit_mnist":
+        csv = write_mnist_csv(root / "mnist_5k.csv.gz")
+        return ["model.depth=2", "model.embed_dim=32", "model.num_heads=2", "data.batch_size=8",
+                f"+data.data_file={csv}"]
+    if name == "minilm_bbc":  # the real MiniLM, a tiny corpus in the package's layout
+        use_bbc_tree(monkeypatch, write_bbc_tree(root / "bbcnews" / "data"))
+        return ["data.batch_size=4", "data.max_length=32"]
     raise AssertionError(f"add tiny stand-ins for the new experiment config '{name}'")
 
 
@@ -100,7 +109,7 @@ def test_experiment_runs_on_tiny_stand_ins(name, tmp_path, monkeypatch):
     overrides = [f"experiment={name}", *RUN_BRIEFLY, *stand_ins(name, tmp_path, monkeypatch)]
     cfg = compose_train(overrides, tmp_path / "run")
     results = train(cfg)
-    assert results["num_layers"] == (6 if name == "minilm_sst2" else 2)
+    assert results["num_layers"] == (6 if name.startswith("minilm") else 2)
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
 
 

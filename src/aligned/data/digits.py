@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling, split_fraction
+from aligned.data.stratified_split import check_split_sizes, stratified_split
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -59,7 +57,7 @@ class DigitsDataModule(L.LightningDataModule):
             )
         val_fraction = split_fraction("data.val_fraction", val_fraction)
         test_fraction = split_fraction("data.test_fraction", test_fraction)
-        check_split_sizes(val_fraction, test_fraction)
+        check_split_sizes(NUM_IMAGES, NUM_CLASSES, val_fraction, test_fraction, "digits")
         self.batch_size = positive_int("data.batch_size", batch_size)
         self.eval_batch_size = positive_int("data.eval_batch_size", eval_batch_size)
         self.val_fraction = val_fraction
@@ -76,23 +74,15 @@ class DigitsDataModule(L.LightningDataModule):
         digits = load_digits()
         images = digits.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
         labels = digits.target.astype(np.int64)
-        index = np.arange(len(labels))
-        train_val, test = train_test_split(
-            index, test_size=self.test_fraction, stratify=labels, random_state=self.split_seed
-        )
-        train, val = train_test_split(
-            train_val,
-            test_size=self.val_fraction / (1 - self.test_fraction),
-            stratify=labels[train_val],
-            random_state=self.split_seed,
-        )
+        self.indices = stratified_split(labels, self.val_fraction, self.test_fraction,
+                                        self.split_seed)  # into load_digits()
+        train = self.indices["train"]
         x = torch.from_numpy(images)
         if self.image_size != IMAGE_SIZE:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
         mean, std = x[train].mean(), x[train].std()
         x = (x - mean) / std
         y = torch.from_numpy(labels)
-        self.indices = {"train": train, "val": val, "test": test}  # into load_digits()
         self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in self.indices.items()}
 
     def sample_ids(self, split: str) -> set[int]:
@@ -114,23 +104,6 @@ class DigitsDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["test"], batch_size=self.eval_batch_size)
-
-
-def check_split_sizes(val_fraction: float, test_fraction: float) -> None:
-    """Every split must hold at least one image per class (the splits are stratified), counted
-    as ``train_test_split`` rounds: the held-out part of each cut is rounded up."""
-    test = math.ceil(test_fraction * NUM_IMAGES)
-    val = math.ceil(val_fraction / (1 - test_fraction) * (NUM_IMAGES - test))
-    sizes = {"train": NUM_IMAGES - test - val, "val": val, "test": test}
-    small = [split for split, size in sizes.items() if size < NUM_CLASSES]
-    if small:
-        counts = ", ".join(f"{split} {size}" for split, size in sizes.items())
-        raise ConfigError(
-            f"data.val_fraction={val_fraction:g} and data.test_fraction={test_fraction:g} split "
-            f"the {NUM_IMAGES} digits into {counts} images; every split needs at least "
-            f"{NUM_CLASSES} (one per class). Choose fractions of at least 0.01 that sum to at "
-            "most 0.9."
-        )
 
 
 def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:

@@ -208,9 +208,9 @@ def check_input_kinds(cfg: DictConfig) -> None:
     if None not in kinds.values() and kinds["model"] != kinds["data"]:
         raise ConfigError(
             f"model={cfg.names.model} reads {kinds['model']} but data={cfg.names.data} holds "
-            f"{kinds['data']}: pair a text model (bert, minilm) with data=glue, a causal LM "
-            "(gpt2, smollm2) with data=text, and an image model (vit, vit_s, vit_b, deit_s, "
-            "deit_b) with digits, cifar10, cifar100 or imagenet."
+            f"{kinds['data']}: pair a text model (bert, minilm) with data=glue or bbc_news, a "
+            "causal LM (gpt2, smollm2) with data=text, and an image model (vit, vit_s, vit_b, "
+            "deit_s, deit_b) with digits, mnist, cifar10, cifar100 or imagenet."
         )
 
 
