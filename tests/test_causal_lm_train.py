@@ -35,8 +35,10 @@ def overrides(lm: Path, corpus: Path, cache: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("loss", [  # loss=aligned: test_train_py_runs_a_causal_lm_end_to_end
-    ["loss=standard"], ["loss=aligned", "loss.alternating=true"],
+# loss=aligned: test_train_py_runs_a_causal_lm_end_to_end; loss=standard's step and metrics:
+# test_causal_lm.py::test_the_system_trains_and_scores_every_token_layer_by_layer.
+@pytest.mark.parametrize("loss", [
+    ["loss=aligned", "loss.alternating=true"],
     ["loss=multiexit", "loss.weighting=uniform", "loss.bias=false"],
 ])
 def test_every_objective_trains_the_lm_and_writes_token_metrics(lm_and_corpus, tmp_path, loss):
