@@ -273,6 +273,18 @@ def test_svcca_option_errors(options, match):
         svcca(a, **options)
 
 
+def test_canonical_similarity_options_belong_to_their_measure():
+    a, _ = two_models()
+    covariances = FeatureCovariance(a)
+    assert torch.equal(canonical_similarity(covariances, "svcca"), svcca(a))  # 0.99 default
+    with pytest.raises(ConfigError, match="variance= and keep= choose SVCCA's directions"):
+        canonical_similarity(covariances, "cca", variance=0.9)
+    with pytest.raises(ConfigError, match="drop ridge="):
+        canonical_similarity(covariances, "svcca", ridge=0.1)
+    with pytest.raises(ConfigError, match="Unknown canonical measure 'cka'"):
+        canonical_similarity(covariances, "cka")
+
+
 def test_mutual_knn_needs_more_samples_than_neighbours():
     a, _ = two_models(num_samples=10)
     with pytest.raises(ConfigError, match="at least 11"):

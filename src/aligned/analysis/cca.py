@@ -118,6 +118,12 @@ VALUES: dict[str, tuple[Callable, bool]] = {  # measure -> (value of T, symmetri
 def _check_options(measure: str, ridge: float, variance: float | None, keep: int | None):
     if measure not in VALUES:
         raise ConfigError(f"Unknown canonical measure '{measure}'; use one of {list(VALUES)}.")
+    if measure != "svcca" and (variance is not None or keep is not None):
+        raise ConfigError(f"{measure} uses every direction of each layer; variance= and keep= "
+                          f"choose SVCCA's directions (use measure='svcca').")
+    if measure == "svcca" and ridge != 0:
+        raise ConfigError("svcca keeps each layer's top directions instead of regularising; "
+                          "drop ridge= (or use 'cca' / 'pwcca' with ridge).")
     if not (ridge >= 0 and ridge != float("inf")):
         raise ConfigError(f"{measure} ridge={ridge}; use 0 (plain CCA) or a small positive "
                           f"fraction of the mean variance such as 1e-3.")
@@ -149,10 +155,13 @@ def canonical_similarity(
 ) -> torch.Tensor:
     """``measure`` of every layer pair from covariance blocks: (L_A, L_B) float64.
 
-    ``covariances`` is a ``FeatureCovariance`` or a filled ``CovarianceAccumulator``;
-    ``variance``/``keep`` choose SVCCA's directions (``keep`` wins), ``ridge`` regularises.
+    ``covariances`` is a ``FeatureCovariance`` or a filled ``CovarianceAccumulator``.
+    SVCCA's directions: the top ``keep`` if given, else those explaining ``variance`` (0.99 by
+    default); ``ridge`` regularises CCA and PWCCA.
     """
     _check_options(measure, ridge, variance, keep)
+    if measure == "svcca" and keep is None and variance is None:
+        variance = 0.99  # Raghu et al.
     what = measure
     covariances.check(what)
     value, symmetric = VALUES[measure]

@@ -15,9 +15,9 @@ Both classes answer the same three questions, in float64 and normalised by N - 1
 
 ``FeatureCovariance`` holds centred float64 copies of the features and multiplies blocks on
 demand: memory O(L N D), nothing N×N. ``CovarianceAccumulator`` adds minibatches to running
-sums instead: memory O((L_A D_A + L_B D_B)^2) whatever N is (within one stack of L = 12 layers of
-D = 768, 0.7 GB), exact up to round-off (sums are shifted by the first batch's mean, so a large
-common offset does not cancel catastrophically).
+sums instead: memory independent of N, O((L D)^2) within one stack (12 layers of 768: 0.7 GB)
+and O(L_A D_A L_B D_B) across two, exact up to round-off (sums are shifted by the first batch's
+mean, so a large common offset does not cancel catastrophically).
 """
 
 from __future__ import annotations
@@ -87,7 +87,13 @@ class FeatureCovariance:
 
 class CovarianceAccumulator:
     """Covariance blocks from minibatches: ``update(batch (L, B, D))`` for one model, or
-    ``update(batch, other_batch)`` with model B's features of the same samples."""
+    ``update(batch, other_batch)`` with model B's features of the same samples.
+
+    Within one model every pair of layers is needed: the sums of products of all L*D columns,
+    (L D)^2 floats. Across two models only each layer's own block and the A×B blocks are:
+    L_A D_A^2 + L_B D_B^2 + L_A D_A L_B D_B floats (for 12 + 12 layers of 384 and 768, 0.4 GB
+    rather than 1.5 GB for all columns of both), and a quarter of the products per batch.
+    """
 
     def __init__(self) -> None:
         self.within: bool | None = None
@@ -96,52 +102,59 @@ class CovarianceAccumulator:
         self.num_samples = 0
         self.device = torch.device("cpu")  # that of the first batch, once there is one
         self.eps = 0.0
-        self._shift: torch.Tensor | None = None  # (L_A*D_A + L_B*D_B,) first batch's mean
-        self._sum: torch.Tensor | None = None  # (L_A*D_A + L_B*D_B,) of shifted features
-        self._moments: torch.Tensor | None = None  # (P, P) sums of products, P as above
+        self.scales: list[torch.Tensor] = []  # (L,) per stack, fixed by the first batch
+        self._shifts: list[torch.Tensor] = []  # (L*D,) per stack: the first batch's mean
+        self._sums: list[torch.Tensor] = []  # (L*D,) per stack, of shifted scaled features
+        self._own: list[torch.Tensor] = []  # across: (L, D, D) per stack; within: unused
+        self._cross: torch.Tensor | None = None  # (L_A*D_A, L_B*D_B), or (L*D, L*D) within
         self._reference: list[torch.Tensor] = []  # (L, D) first sample of each stack
         self._varies: list[torch.Tensor] = []  # (L,) bool per stack
-        self.scales: list[torch.Tensor] = []  # (L,) per stack, fixed by the first batch
-        self._column_scales: torch.Tensor | None = None  # (P,) the same, per column
+
+    def _start(self, stacks: list[torch.Tensor]) -> None:
+        self.within = len(stacks) == 1
+        self._shapes = tuple((stack.shape[0], stack.shape[2]) for stack in stacks)
+        full = self._shapes * 2 if self.within else self._shapes
+        self.layers = tuple(layers for layers, _ in full)
+        self.widths = tuple(width for _, width in full)
+        self.device = stacks[0].device
+        self._reference = [stack[:, 0].clone() for stack in stacks]
+        self._varies = [torch.zeros(stack.shape[0], dtype=torch.bool) for stack in stacks]
+        # the first batch fixes the shifts and the per-layer powers of two (layer_scales)
+        self.scales = [layer_scales(stack).to(torch.float64) for stack in stacks]
+        self._shifts = [stack.mean(dim=1, dtype=torch.float64).flatten() for stack in stacks]
+        self._sums = [torch.zeros_like(shift) for shift in self._shifts]
+        options = {"dtype": torch.float64, "device": self.device}
+        columns = [shift.numel() for shift in self._shifts]
+        self._cross = torch.zeros(columns[0], columns[-1], **options)
+        if not self.within:
+            self._own = [torch.zeros(layers, width, width, **options)
+                         for layers, width in self._shapes]
 
     def update(self, batch_features: torch.Tensor, other_features: torch.Tensor | None = None):
         check_inputs(batch_features, other_features, 1, "CovarianceAccumulator.update")
         stacks = [batch_features] if other_features is None else [batch_features, other_features]
-        shapes = tuple((stack.shape[0], stack.shape[2]) for stack in stacks)
         if self.within is None:
-            self.within = other_features is None
-            self._shapes = shapes
-            full = shapes * 2 if self.within else shapes
-            self.layers = tuple(layers for layers, _ in full)
-            self.widths = tuple(width for _, width in full)
-        elif shapes != self._shapes:
+            self._start(stacks)
+        elif tuple((stack.shape[0], stack.shape[2]) for stack in stacks) != self._shapes:
+            shapes = tuple((stack.shape[0], stack.shape[2]) for stack in stacks)
             raise ConfigError(
                 f"CovarianceAccumulator started with stacks of (layers, width) {self._shapes} "
                 f"and now got {shapes}; every update must pass the same models' layers."
             )
-        if not self._reference:
-            self._reference = [stack[:, 0].clone() for stack in stacks]
-            self._varies = [torch.zeros(stack.shape[0], dtype=torch.bool) for stack in stacks]
+        flats = []
         for index, stack in enumerate(stacks):
             self._varies[index] |= varying_layers(stack, self._reference[index]).cpu()
-        # (B, P): all layers of all stacks side by side, float64
-        flat = torch.cat([stack.to(torch.float64).transpose(0, 1).reshape(stack.shape[1], -1)
-                          for stack in stacks], dim=1)
-        if self._shift is None:
-            # the first batch fixes the shift and the per-layer powers of two (layer_scales)
-            self.scales = [layer_scales(stack) for stack in stacks]
-            self._column_scales = torch.cat([
-                scales.to(flat.device).repeat_interleave(stack.shape[2])
-                for scales, stack in zip(self.scales, stacks, strict=True)])
-            self._shift = flat.mean(0)
-            self.device = flat.device
-            self._sum = torch.zeros_like(self._shift)
-            self._moments = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64,
-                                        device=flat.device)
-        shifted = (flat - self._shift) * self._column_scales
-        self._sum += shifted.sum(0)
-        self._moments += shifted.T @ shifted
-        self.num_samples += flat.shape[0]
+            scales = self.scales[index].to(stack.device).repeat_interleave(stack.shape[2])
+            flat = stack.to(torch.float64).transpose(0, 1).reshape(stack.shape[1], -1)  # (B, LD)
+            flat = (flat - self._shifts[index]) * scales
+            self._sums[index] += flat.sum(0)
+            flats.append(flat)
+        self._cross += flats[0].T @ flats[-1]
+        if not self.within:
+            for flat, own, (layers, width) in zip(flats, self._own, self._shapes, strict=True):
+                per_layer = flat.view(-1, layers, width).transpose(0, 1)  # (L, B, D)
+                own += per_layer.transpose(1, 2) @ per_layer
+        self.num_samples += batch_features.shape[1]
         self.eps = max(self.eps, _least_precise_eps(*stacks))
 
     def check(self, what: str) -> None:
@@ -158,27 +171,26 @@ class CovarianceAccumulator:
         """The power of two layer ``layer``'s features were multiplied by."""
         return float(self.scales[0 if self.within else stack][layer])
 
-    def _offset(self, stack: int, layer: int) -> slice:
-        start = 0 if (stack == 0 or self.within) else self.layers[0] * self.widths[0]
-        dim = self.widths[stack]
-        return slice(start + layer * dim, start + (layer + 1) * dim)
-
-    def _block(self, rows: slice, columns: slice) -> torch.Tensor:
+    def _centred(self, sums: torch.Tensor, mean_rows: torch.Tensor, mean_columns: torch.Tensor):
+        """Sums of products of shifted features -> covariance: (S - n m m') / (n - 1)."""
         self.check("CovarianceAccumulator")
-        mean = self._sum / self.num_samples
-        centred = self._moments[rows, columns] - self.num_samples * torch.outer(mean[rows],
-                                                                                mean[columns])
-        return centred / (self.num_samples - 1)
+        n = self.num_samples
+        return (sums - n * torch.outer(mean_rows, mean_columns)) / (n - 1)
+
+    def _mean(self, stack: int, columns: slice) -> torch.Tensor:
+        return self._sums[0 if self.within else stack][columns] / self.num_samples
 
     def covariance(self, stack: int, layer: int) -> torch.Tensor:
-        span = self._offset(stack, layer)
-        return self._block(span, span)
+        dim = self.widths[stack]
+        span = slice(layer * dim, (layer + 1) * dim)
+        sums = self._cross[span, span] if self.within else self._own[stack][layer]
+        return self._centred(sums, self._mean(stack, span), self._mean(stack, span))
 
     def cross_row(self, a: int, start: int = 0) -> torch.Tensor:
-        rows = self._offset(0, a)
-        first, last = self._offset(1, start), self._offset(1, self.layers[1] - 1)
-        block = self._block(rows, slice(first.start, last.stop))  # (D_A, (L_B-start)*D_B)
         da, db = self.widths
+        rows, columns = slice(a * da, (a + 1) * da), slice(start * db, self.layers[1] * db)
+        block = self._centred(self._cross[rows, columns], self._mean(0, rows),
+                              self._mean(1, columns))  # (D_A, (L_B-start)*D_B)
         return block.reshape(da, self.layers[1] - start, db).permute(1, 0, 2)
 
 
