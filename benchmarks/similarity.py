@@ -3,7 +3,7 @@
     python benchmarks/similarity.py [--layers 12] [--dim 384] [--sizes 2000 4000]
                                     [--large-sizes 10000 100000] [--batch-size 250]
                                     [--cross-dims 384 768] [--cross-samples 10000]
-                                    [--skip a b c d e]
+                                    [--skip a b c d e f]
 
 (a) ``ckatorch.cka_base`` (one pair per call) on every pair a <= b, side by side with our
     ``linear_cka`` in the same estimator (ckatorch's default: biased HSIC, linear kernel).
@@ -18,6 +18,9 @@
     ``ckatorch.cka_base`` on a few pairs (its per-pair time extrapolated to all, labelled).
 (e) Across the same two models, every measure of the registry (``aligned.analysis.measures``),
     at ``--measures-samples`` samples: the cost of each, side by side.
+(f) Minibatch CKA with a short last batch: each batch's unbiased HSIC weighted by n(n-3)
+    (``MinibatchCKA``, as Nguyen et al.'s code) against every batch weighted 1 (the code before
+    issue 17), each against full-batch unbiased CKA, over seeds.
 
 ckatorch and torch-cka are benchmark-only (``pip install ckatorch torch-cka``); a part whose
 package is missing is skipped with a message. Features are random but each layer is a noisy
@@ -346,6 +349,53 @@ def compare_measures(args: argparse.Namespace) -> None:
               f"vs B layer 1 / B layer {args.layers}: {matrix[0, 0]:.3f} / {matrix[0, -1]:.3f}")
 
 
+def u_centred_grams(batch: torch.Tensor) -> torch.Tensor:
+    """(L, B*B) U-centred linear Gram matrices (Székely & Rizzo 2014, as Nguyen et al.'s
+    efficient_CKA.py builds them); <K~, L~> / (n(n-3)) is the unbiased HSIC."""
+    x = batch.double()
+    n = x.shape[1]
+    gram = x @ x.transpose(1, 2)  # (L, B, B)
+    gram.diagonal(dim1=1, dim2=2).zero_()
+    means = gram.sum(1) / (n - 2)  # (L, B)
+    means -= means.sum(1, keepdim=True) / (2 * (n - 1))
+    gram = gram - means[:, :, None] - means[:, None, :]
+    gram.diagonal(dim1=1, dim2=2).zero_()
+    return gram.flatten(1)
+
+
+def compare_weighting(args: argparse.Namespace) -> None:
+    layers, dim = 6, 32
+    print(f"\n(f) minibatch CKA vs full-batch unbiased CKA, L={layers}, D={dim}, "
+          f"{args.weighting_seeds} seeds: mean |error| over the off-diagonal pairs")
+    off_diagonal = ~torch.eye(layers, dtype=torch.bool)
+
+    def cka(hsic: torch.Tensor) -> torch.Tensor:
+        norm = hsic.diagonal().sqrt()
+        return hsic / torch.outer(norm, norm)
+
+    for sizes in ([256, 103], [256, 21], [256, 8], [256] * 6 + [14]):
+        errors, worst_gap = {"n(n-3)": [], "1": []}, 0.0
+        for seed in range(args.weighting_seeds):
+            features = make_features(layer_mixings(layers, dim, seed), sum(sizes), seed)
+            full = linear_cka(features, unbiased=True)
+            batches = torch.split(features, sizes, dim=1)
+            inner = [u_centred_grams(b) @ u_centred_grams(b).T for b in batches]  # n(n-3) HSIC
+            weights = [b.shape[1] * (b.shape[1] - 3) for b in batches]
+            weighted = cka(sum(inner))
+            unweighted = cka(sum(p / w for p, w in zip(inner, weights, strict=True)))
+            ours = MinibatchCKA(layers)
+            for batch in batches:
+                ours.update(batch)
+            worst_gap = max(worst_gap, (ours.compute() - weighted).abs().max().item())
+            for name, value in (("n(n-3)", weighted), ("1", unweighted)):
+                errors[name].append((value - full)[off_diagonal].abs().mean().item())
+        mean = {name: sum(values) / len(values) for name, values in errors.items()}
+        label = " + ".join(f"{size}" for size in sizes) if len(sizes) < 4 else "6 x 256 + 14"
+        print(f"    batches {label:>12}: weight n(n-3) {mean['n(n-3)']:.1e}, weight 1 "
+              f"{mean['1']:.1e}, ratio {mean['1'] / mean['n(n-3)']:.1f}; "
+              f"|MinibatchCKA - weight n(n-3)| <= {worst_gap:.0e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -364,7 +414,8 @@ def main() -> None:
     parser.add_argument("--cross-pairs", type=int, default=3,
                         help="(d): layer pairs checked against ckatorch (1..5)")
     parser.add_argument("--measures-samples", type=int, default=4000, help="(e): N")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d", "e"])
+    parser.add_argument("--weighting-seeds", type=int, default=20, help="(f): seeds")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d", "e", "f"])
     parser.add_argument("--worker-large", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -388,6 +439,8 @@ def main() -> None:
         compare_cross(args)
     if "e" not in args.skip:
         compare_measures(args)
+    if "f" not in args.skip:
+        compare_weighting(args)
 
 
 if __name__ == "__main__":
