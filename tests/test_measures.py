@@ -69,12 +69,12 @@ def reference_svcca(x, y, variance: float = 0.99, keep: int | None = None) -> fl
                                        reduce_by_svd(y, variance, keep))[0]))
 
 
-def reference_pwcca(x, y) -> float:
+def reference_pwcca(x, y, ridge: float = 0.0) -> float:
     """Morcos et al.: canonical variates h_i = X w_i in sample space, normalised; α_i = Σ_j
     |<h_i, x_j>| over X's centred neurons; X = the layer with fewer neurons."""
     if x.shape[1] > y.shape[1]:
         x, y = y, x
-    correlations, weights = reference_cca(x, y)
+    correlations, weights = reference_cca(x, y, ridge)
     centred = x - x.mean(0)
     variates = centred @ weights  # (N, m)
     variates /= np.linalg.norm(variates, axis=0)
@@ -145,6 +145,8 @@ def test_pwcca_matches_sample_space_projection_weighting(across: bool):
     other = b if across else None
     expected = pairwise(reference_pwcca, a, other)
     assert torch.allclose(pwcca(a, other), expected, atol=REFERENCE_TOLERANCE, rtol=0)
+    ridged = pairwise(lambda x, y: reference_pwcca(x, y, 0.1), a, other)
+    assert torch.allclose(pwcca(a, other, ridge=0.1), ridged, atol=REFERENCE_TOLERANCE, rtol=0)
 
 
 def test_pwcca_weights_differ_from_the_plain_mean():

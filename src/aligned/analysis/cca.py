@@ -121,6 +121,8 @@ def _check_options(measure: str, ridge: float, variance: float | None, keep: int
     if measure != "svcca" and (variance is not None or keep is not None):
         raise ConfigError(f"{measure} uses every direction of each layer; variance= and keep= "
                           f"choose SVCCA's directions (use measure='svcca').")
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float):
+        raise ConfigError(f"{measure} ridge={ridge!r}; it is a number (0: plain CCA).")
     if measure == "svcca" and ridge != 0:
         raise ConfigError("svcca keeps each layer's top directions instead of regularising; "
                           "drop ridge= (or use 'cca' / 'pwcca' with ridge).")

@@ -160,7 +160,8 @@ class CosAccumulator:
                     f"needs (L, D) = {layers_and_width}: one mean vector per layer."
                 )
             state.observe(batch)
-        num_layers, (num_samples, dim) = sum(b.shape[0] for b in batches), batch.shape[1:]
+        num_layers = sum(batch.shape[0] for batch in batches)
+        num_samples, dim = batch_features.shape[1:]  # both stacks: the same N and D
         for rows in sample_chunks(num_samples, 8 * num_layers * dim):
             units = [self._unit(batch[:, rows], state)
                      for batch, state in zip(batches, self.stacks, strict=True)]
