@@ -133,7 +133,8 @@ def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace,
                 if args.stream > 1:
                     runs[f"{rule_name} stream"] = lambda p=pooled, bs=stream: p.run(bs)
         with torch.inference_mode():
-            seconds = time_rounds(runs, args.rounds, synchronize=placement.synchronize)
+            seconds = time_rounds(runs, args.rounds, min_seconds=args.round_seconds,
+                                  synchronize=placement.synchronize)
         for row in rows:
             row[f"measured_bs{batch_size}"] = seconds["full"] / seconds[row["rule"]]
             row[f"full_ms_bs{batch_size}"] = 1000 * seconds["full"]
@@ -159,6 +160,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type: a duration in seconds, above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got '{text}'")
+    return value
+
+
 def accuracy_drop(text: str) -> float:
     """argparse type: a drop of accuracy as a fraction in [0, 1) (0.01 = one point)."""
     try:
@@ -181,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(0.01 = one point)")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64])
     parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--round-seconds", type=positive_seconds, default=0.5,
+                        help="a round repeats a short run until it lasts this long")
     parser.add_argument("--stream", type=positive_int, default=1,
                         help="also time pooled inference over the test set streamed this many "
                              "times (the final flush then comes once per that many passes)")

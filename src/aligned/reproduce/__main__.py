@@ -1,0 +1,175 @@
+"""python -m aligned.reproduce: train what the reproduction needs (or reuse the finished runs it
+finds), evaluate every run, time early exit, and write the report with a verdict per claim.
+
+    python -m aligned.reproduce                          # the CPU report -> docs/REPRODUCTION.md
+    python -m aligned.reproduce --scale quick            # a smoke run -> <root>/REPRODUCTION.md
+    python -m aligned.reproduce --scale paper --glue-dir /data/glue \\
+        --override deit_s_cifar10:data.data_dir=/data/cifar  # the paper's setups, on GPUs
+    python -m aligned.reproduce --workloads vit_digits --losses standard aligned --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from aligned.config import ConfigError, user_message
+from aligned.reproduce import claims as claim_functions
+from aligned.reproduce.collected import Collected
+from aligned.reproduce.report import Provenance, write_report
+from aligned.reproduce.runs import BASE_OVERRIDES, RunSpec, compose_config, execute
+from aligned.reproduce.workloads import LOSSES, SCALES, WORKLOADS, Scale, find
+
+log = logging.getLogger("aligned.reproduce")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m aligned.reproduce",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="default", choices=list(SCALES),
+                        help="; ".join(f"{s.name}: {s.description}" for s in SCALES.values()))
+    parser.add_argument("--root", help="where the run directories go (and are reused from); "
+                                       "default outputs/reproduce/<scale>")
+    parser.add_argument("--out", help="the report's path (figures go to figures/ beside it); "
+                                      "default docs/REPRODUCTION.md at scale default, else "
+                                      "<root>/REPRODUCTION.md")
+    parser.add_argument("--workloads", nargs="+", metavar="NAME",
+                        help=f"default: the scale's; any of {', '.join(WORKLOADS)}")
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: the scale's")
+    parser.add_argument("--glue-dir", default="../shared/data/glue",
+                        help="GLUE in its TSV layout (SST-2/train.tsv, ...) for the GLUE workloads")
+    parser.add_argument("--override", nargs="+", action="extend", default=[],
+                        metavar="[WORKLOAD:]KEY=VALUE",
+                        help="train.py overrides added to every run (or to one workload's)")
+    parser.add_argument("--benchmark-rounds", type=int, help="default: the scale's")
+    parser.add_argument("--benchmark-seconds", type=float, default=0.5,
+                        help="a timed round repeats a short run until it lasts this long")
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace, scale: Scale, root: Path) -> list[RunSpec]:
+    """One spec per (workload, seed, loss): a killed reproduction has whole seeds done."""
+    names = args.workloads or list(scale.workloads)
+    workloads = [find(WORKLOADS, name, "workload") for name in names]
+    overrides = split_overrides(args.override, names)
+    glue_dir = str(Path(args.glue_dir).expanduser().resolve())
+    if any(w.glue for w in workloads) and not Path(glue_dir).is_dir():
+        raise ConfigError(f"--glue-dir {args.glue_dir} is not a directory; the GLUE workloads "
+                          "read GLUE's TSV files from it (SST-2/train.tsv, ...). Pass --glue-dir "
+                          "<your GLUE directory> or leave those workloads out with --workloads.")
+    seeds = args.seeds if args.seeds is not None else list(scale.seeds)
+    benchmarked = seeds[: scale.benchmark_seeds] if scale.benchmark_seeds else seeds
+    specs = []
+    for workload in workloads:
+        data = [f"data.data_dir={glue_dir}"] if workload.glue else []
+        for seed in seeds:
+            for loss in args.losses:
+                run_overrides = (*workload.overrides, *data,
+                                 *scale.workloads.get(workload.name, ()), *BASE_OVERRIDES,
+                                 *overrides[workload.name], f"loss={loss}", f"seed={seed}")
+                specs.append(RunSpec(workload, loss, seed, run_overrides,
+                                     root / workload.name / loss / f"seed{seed}",
+                                     glue_dir if workload.glue else None,
+                                     benchmark=workload.benchmark and loss == "aligned"
+                                     and seed in benchmarked))
+    return specs
+
+
+def split_overrides(values: list[str], workloads: list[str]) -> dict[str, list[str]]:
+    """``KEY=VALUE`` goes to every workload, ``WORKLOAD:KEY=VALUE`` to that one."""
+    chosen: dict[str, list[str]] = {name: [] for name in workloads}
+    for value in values:
+        key = value.split("=", 1)[0]
+        if "=" not in value and not value.startswith("~"):
+            raise ConfigError(f"--override {value}: give KEY=VALUE (a train.py override), "
+                              "optionally after WORKLOAD:.")
+        if ":" in key:
+            name, override = value.split(":", 1)
+            if name not in WORKLOADS:
+                raise ConfigError(f"--override {value}: unknown workload '{name}'; choose one "
+                                  f"of {', '.join(WORKLOADS)}.")
+            if name in chosen:
+                chosen[name].append(override)
+            continue
+        for overrides in chosen.values():
+            overrides.append(value)
+    return chosen
+
+
+def check_configs(specs: list[RunSpec]) -> None:
+    """Compose each (workload, loss) once before anything trains, so a bad override fails in
+    seconds rather than after hours of training."""
+    seen = set()
+    for spec in specs:
+        if (spec.workload.name, spec.loss) in seen:
+            continue
+        seen.add((spec.workload.name, spec.loss))
+        try:
+            compose_config("train", list(spec.overrides), spec.directory)
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001  (Hydra's override and composition errors)
+            raise ConfigError(f"{spec.workload.name} {spec.loss}: the train.py overrides "
+                              f"{' '.join(spec.overrides)} do not compose: "
+                              f"{str(error).splitlines()[0]}") from None
+
+
+def shared_overrides(spec: RunSpec) -> tuple[str, ...]:
+    """A run's overrides without its loss and seed (the last two, see ``plan``)."""
+    return spec.overrides[:-2]
+
+
+def reproduce(argv: list[str] | None = None) -> Path:
+    """Run the reproduction; the report's path."""
+    started = time.perf_counter()
+    args = parse(argv)
+    scale = SCALES[args.scale]
+    root = Path(args.root or f"outputs/reproduce/{scale.name}").expanduser().resolve()
+    out = Path(args.out or scale.default_report or root / "REPRODUCTION.md").expanduser()
+    rounds = args.benchmark_rounds or scale.benchmark_rounds
+    if rounds < 1 or not args.benchmark_seconds > 0:
+        raise ConfigError("--benchmark-rounds must be at least 1 and --benchmark-seconds above 0.")
+    specs = plan(args, scale, root)
+    check_configs(specs)
+    finished = []
+    for number, spec in enumerate(specs, start=1):
+        run = execute(spec, rounds, args.benchmark_seconds)
+        steps = ", ".join(f"{step} reused" if reused else f"{step} {run.timings[step + '_s']:.0f} s"
+                          for step, reused in run.reused.items())
+        print(f"[{number}/{len(specs)}] {spec.workload.name} {spec.loss} seed {spec.seed}: "
+              f"{steps}", flush=True)
+        finished.append(run)
+    collected = Collected(finished, {w.name: w.title for w in (s.workload for s in specs)})
+    claims = [claim(collected) for claim in claim_functions.CLAIMS]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    provenance = Provenance(
+        command=shlex.join(["python", "-m", "aligned.reproduce",
+                            *(sys.argv[1:] if argv is None else argv)]),
+        scale=scale.name, scale_description=scale.description, root=root,
+        seeds=tuple(sorted({s.seed for s in specs})), wall_s=time.perf_counter() - started,
+        trained=sum(not run.reused["train"] for run in finished),
+        overrides={s.workload.name: shared_overrides(s) for s in specs})
+    write_report(out, collected, claims, provenance)
+    for claim in claims:
+        print(f"{claim.title}: {claim.verdict}")
+    print(f"wrote {out} ({provenance.trained} of {len(finished)} runs trained, "
+          f"{time.perf_counter() - started:.0f} s)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        reproduce(argv)
+    except ConfigError as error:
+        print(f"Error: {user_message(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

