@@ -16,7 +16,14 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Cache,
+    DynamicCache,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+)
 from transformers.masking_utils import create_causal_mask
 
 from aligned.config import ConfigError
@@ -89,30 +96,29 @@ class HFDecoder(LayerwiseBackbone):
     def begin(self, inputs: Mapping[str, torch.Tensor]) -> BlockState:
         self.check_tokens(inputs)
         ids = indices(inputs["input_ids"])
-        parts = self.parts
-        embedded = parts.embed_tokens(ids)  # (B, T, D)
         mask = inputs.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(ids)
         positions = inputs.get("position_ids")
         if positions is None:
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        embedded = self.embed(ids, positions)
+        return BlockState(embedded, self._extras(embedded, mask, positions))
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The tokens' input to block 1, (B, T) ids at (B, T) position ids -> (B, T, D)."""
+        parts = self.parts
+        embedded = parts.embed_tokens(ids)  # (B, T, D)
         if parts.position_embedding is not None:
             embedded = embedded + parts.position_embedding(positions)
         if parts.embed_dropout is not None:
             embedded = parts.embed_dropout(embedded)
-        return BlockState(embedded, self._extras(embedded, mask, positions))
+        return embedded
 
     def _extras(self, embedded: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
                 ) -> dict[str, torch.Tensor | None]:
         """What every block reads, one row per sample (so that a state subsets by rows)."""
-        # The 4th argument is the cache (renamed from past_key_values in transformers 5.x).
-        block_mask = create_causal_mask(self.model.config, embedded, mask, None, positions)
-        if block_mask is not None and not isinstance(block_mask, torch.Tensor):
-            raise ConfigError(
-                f"attn_implementation={self.model.config._attn_implementation} builds a "
-                f"{type(block_mask).__name__}; the block-by-block path needs eager or sdpa."
-            )
+        block_mask = self._block_mask(embedded, mask, positions)
         extras = {"attention_mask": mask, "position_ids": positions, "block_mask": block_mask}
         if self.parts.rotary is not None:
             cos, sin = self.parts.rotary(embedded, positions)  # (B, T, head_dim) each
@@ -130,6 +136,43 @@ class HFDecoder(LayerwiseBackbone):
         if layer == self.num_layers and not self.final_norm:
             tokens = self.parts.final_norm(tokens)  # HF's hidden_states[L]; the head reads it
         return BlockState(tokens, extras)
+
+    def _block_mask(self, embedded: torch.Tensor, mask: torch.Tensor | None,
+                    positions: torch.Tensor, cache: Cache | None = None, layer: int | None = None
+                    ) -> torch.Tensor | None:
+        """The causal + padding mask the blocks read (None: sdpa's own causal mask suffices).
+        With a ``cache``, the queries are the new tokens after that block's cached ones."""
+        # The 4th argument is the cache (renamed from past_key_values in transformers 5.x).
+        block_mask = create_causal_mask(self.model.config, embedded, mask, cache, positions,
+                                        layer_idx=None if layer is None else layer - 1)
+        if block_mask is not None and not isinstance(block_mask, torch.Tensor):
+            raise ConfigError(
+                f"attn_implementation={self.model.config._attn_implementation} builds a "
+                f"{type(block_mask).__name__}; the block-by-block path needs eager or sdpa."
+            )
+        return block_mask
+
+    def new_cache(self) -> DynamicCache:
+        """An empty key/value cache for ``extend``: one entry per block, each its own length."""
+        return DynamicCache(config=self.model.config)
+
+    def extend(self, layer: int, tokens: torch.Tensor, cache: DynamicCache,
+               attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+        """Block ``layer`` on new tokens (B, k, D) at position ids ``positions`` (B, k), which
+        attend to the keys and values ``cache`` holds for that block and to each other
+        (causally); their own keys and values are appended to the cache. ``attention_mask``
+        (B, cached + k) marks the real tokens of every column; None: all are. Returns the
+        block's output (B, k, D), final-normed at layer L as ``run_block`` does."""
+        block = self.parts.blocks[layer - 1]
+        rotary = {}
+        if self.parts.rotary is not None:
+            rotary = {"position_embeddings": self.parts.rotary(tokens, positions)}
+        mask = self._block_mask(tokens, attention_mask, positions, cache, layer)
+        tokens = block(tokens, attention_mask=mask, position_ids=positions, cache=cache,
+                       use_cache=True, **rotary)  # (B, k, D)
+        if layer == self.num_layers and not self.final_norm:
+            tokens = self.parts.final_norm(tokens)
+        return tokens
 
     def read(self, state: BlockState) -> torch.Tensor:
         return state.tokens  # (B, T, D): every token is a prediction
