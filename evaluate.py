@@ -23,6 +23,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     accuracy = evaluation["layer_accuracy"]
     print("layer accuracy (%): " + " ".join(f"{100 * a:.1f}" for a in accuracy))
+    if "layer_perplexity" in evaluation:  # a causal LM
+        print("layer perplexity: " + " ".join(f"{p:.3g}" for p in evaluation["layer_perplexity"]))
     print(f"wrote evaluation.json, report.md and figures to {cfg.run_dir}")
 
 

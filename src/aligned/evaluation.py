@@ -7,6 +7,7 @@ import json
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,18 @@ from aligned.analysis.layerwise_pass import (
     ExitSignalCache,
     LayerwiseOutputs,
     collect_exit_signals,
+    feature_batches,
     run_layerwise_pass,
     summarize,
 )
 from aligned.analysis.measure_pass import ExtraMeasures
 from aligned.analysis.report import write_report
+from aligned.analysis.token_pass import (
+    run_token_pass,
+    sampled_token_batches,
+    sequence_subset,
+    token_summary,
+)
 from aligned.config import (
     ConfigError,
     build,
@@ -100,9 +108,17 @@ def analyse_checkpoint(
     system.to(placement.device)
     autocast = placement.autocast
     loader = evaluation_dataloader(run_config, data_overrides, cfg.split)
-    outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits,
-                                 autocast=autocast, extra_measures=extra_measures(cfg))
+    max_sequences, max_tokens = language_model_limits(system, cfg)
+    if system.next_token:  # a causal LM: each next-token position is a sample
+        outputs = run_token_pass(system, sequence_subset(loader, max_sequences),
+                                 cfg.cos_centering, max_tokens, autocast=autocast,
+                                 extra_measures=extra_measures(cfg))
+    else:
+        outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits,
+                                     autocast=autocast, extra_measures=extra_measures(cfg))
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
+    if system.next_token:
+        summary |= token_summary(system, outputs, max_tokens, max_sequences)
     summary = {
         "checkpoint": str(Path(loaded.path).resolve()) if not loaded.pretrained else None,
         **({"pretrained": loaded.path} if loaded.pretrained else {}),
@@ -123,7 +139,11 @@ def analyse_checkpoint(
                                                            loaded.split_changes.items()),
                         overlap["in_training_split"], overlap["samples"])
     early_exit = cfg.get("early_exit") or {}
-    if early_exit.get("enabled", False):
+    if early_exit.get("enabled", False) and system.next_token:
+        # The offline sweep keeps every layer's logits per sample: N x L x V for tokens.
+        summary["early_exit_skipped"] = LM_EARLY_EXIT
+        log.info("early_exit: %s", LM_EARLY_EXIT)
+    elif early_exit.get("enabled", False):
         signals = {cfg.split: outputs.exit_signals()}
         for split in SPLITS:  # the other split: a light pass, logits and cosines only
             if split not in signals:
@@ -139,6 +159,30 @@ def analyse_checkpoint(
             run_at_operating_points(system, summary["early_exit"], signals["test"], test_loader,
                                     autocast)
     return summary, outputs, run_config
+
+
+LM_EARLY_EXIT = (
+    "not run for a causal LM: the offline rule sweep keeps every layer's logits of every sample "
+    "(tokens x layers x vocabulary); early exit for LMs is early-exit decoding (issue 18, part 5: "
+    "aligned.early_exit.decoding)"
+)
+
+
+def language_model_limits(system: LayerwiseClassifier, cfg: DictConfig
+                          ) -> tuple[int | None, int]:
+    """(max_sequences, similarity.max_tokens): the caps of a causal-LM evaluation; a ConfigError
+    when max_sequences is set for a classifier, whose splits it does not cap."""
+    max_sequences = cfg.get("max_sequences")
+    max_tokens = (cfg.get("similarity") or {}).get("max_tokens", 256)
+    if system.next_token:
+        if max_sequences is not None:
+            positive_int("max_sequences", max_sequences)
+        return max_sequences, max_tokens
+    if max_sequences is not None:
+        raise ConfigError(f"max_sequences={max_sequences} caps the sequences of a causal-LM "
+                          "evaluation; this model is a classifier, evaluated on its whole "
+                          "split. Remove max_sequences.")
+    return None, max_tokens
 
 
 def run_at_operating_points(
@@ -164,13 +208,20 @@ def run_at_operating_points(
 
 def cross_similarity(loaded: list[LoadedCheckpoint], analysed: list, cfg: DictConfig,
                      placement: Placement) -> dict[str, Any]:
-    """Every layer of model A against every layer of model B on the split's samples."""
+    """Every layer of model A against every layer of model B on the split's samples (causal
+    LMs: on the token sample CKA reads within each model, the same positions for both)."""
     loaders = tuple(evaluation_dataloader(c.run_config, c.data_overrides, cfg.split)
                     for c in loaded)
     means = tuple(outputs.layer_means for _, outputs, _ in analysed)
-    return run_cross_model_pass((loaded[0].system, loaded[1].system), loaders, means,
-                                cfg.cos_centering, autocast=placement.autocast,
-                                extra_measures=extra_measures(cfg))
+    systems = (loaded[0].system, loaded[1].system)
+    stream = feature_batches
+    if all(system.next_token for system in systems):
+        max_sequences, max_tokens = language_model_limits(systems[0], cfg)
+        loaders = tuple(sequence_subset(loader, max_sequences) for loader in loaders)
+        stream = partial(sampled_token_batches, max_tokens=max_tokens)
+    return run_cross_model_pass(systems, loaders, means, cfg.cos_centering,
+                                autocast=placement.autocast, extra_measures=extra_measures(cfg),
+                                stream=stream)
 
 
 def extra_measures(cfg: DictConfig) -> ExtraMeasures | None:
@@ -358,11 +409,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "similarity": plots.similarity_heatmaps(summaries),
         "cos_to_last": plots.cos_to_last_curve(summaries),
         "saturation": plots.saturation_histogram(summaries),
-        "class_mean_pca": plots.class_mean_pca(
+    }
+    if all("layer_perplexity" in summary for summary in summaries.values()):  # causal LMs
+        # No class means: the "classes" are a vocabulary of tens of thousands of tokens.
+        figures["layer_perplexity"] = plots.perplexity_curve(summaries)
+    else:
+        figures["class_mean_pca"] = plots.class_mean_pca(
             {label: outputs.class_means for label, (_, outputs, _) in zip(labels, analysed,
                                                                             strict=True)}
-        ),
-    }
+        )
     if all("early_exit" in summary for summary in summaries.values()):
         figures["early_exit"] = plots.early_exit_curves(summaries)
     if "cross_similarity" in evaluation:

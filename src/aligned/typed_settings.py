@@ -45,6 +45,8 @@ EVALUATE_KEYS: dict[str, Any] = {
     "precision": str | int,
     "similarity.measures": list[str],
     "similarity.max_samples": int,
+    "similarity.max_tokens": int,
+    "max_sequences": int | None,
 }
 # Sections whose target is named in code, not in the config.
 IMPLIED_TARGETS = {"optim": "aligned.training.optim.adamw_with_warmup_cosine"}

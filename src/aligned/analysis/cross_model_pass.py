@@ -10,7 +10,7 @@ batch of each model, never N x N.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any
 
@@ -33,15 +33,17 @@ def run_cross_model_pass(
     progress: bool = True,
     autocast: Autocast = nullcontext,
     extra_measures: ExtraMeasures | None = None,
+    stream: Callable[..., Iterable] = feature_batches,
 ) -> dict[str, Any]:
     """``cross_similarity`` of evaluation.json: CKA (L_A, L_B), and COS (L_A, L_B) or None with
     the reason when the widths differ. ``means``: each model's per-layer feature means (L, D)
-    over the split, for COS centred over samples."""
+    over the split, for COS centred over samples. ``stream`` gives each model's (features,
+    labels) per batch (causal LMs: ``token_pass.sampled_token_batches``, a token sample)."""
     (a, b), widths = systems, []
     cka = MinibatchCKA(a.num_layers, other_layers=b.num_layers)
     cos = None
-    streams = [feature_batches(system, loader, f"cross-model pass ({name})", progress, autocast,
-                               with_labels=True)
+    streams = [stream(system, loader, f"cross-model pass ({name})", progress, autocast,
+                      with_labels=True)
                for system, loader, name in zip(systems, loaders, "AB", strict=True)]
     batches = 0
     for index, ((features_a, labels_a), (features_b, labels_b)) in enumerate(

@@ -16,13 +16,33 @@ def _layers(values: list) -> np.ndarray:
     return np.arange(1, len(values) + 1)
 
 
+def _tokens(summaries: dict[str, dict]) -> bool:
+    """Whether the samples are next-token predictions (a causal LM's evaluation)."""
+    return all(summary.get("unit") == "tokens" for summary in summaries.values())
+
+
 def accuracy_curve(summaries: dict[str, dict]) -> Figure:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, summary in summaries.items():
         accuracy = 100 * np.asarray(summary["layer_accuracy"])
         ax.plot(_layers(accuracy), accuracy, marker="o", label=name)
-    ax.set(xlabel="layer", ylabel="accuracy of the shared head (%)", title="Layer-wise accuracy")
+    what = "next-token accuracy" if _tokens(summaries) else "accuracy of the shared head"
+    ax.set(xlabel="layer", ylabel=f"{what} (%)", title="Layer-wise accuracy")
     ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def perplexity_curve(summaries: dict[str, dict]) -> Figure:
+    """Next-token perplexity of the shared head at each layer, on a log scale (early layers of
+    a standard LM are orders of magnitude above the last)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, summary in summaries.items():
+        values = summary["layer_perplexity"]
+        ax.plot(_layers(values), values, marker="o", label=name)
+    ax.set(xlabel="layer", ylabel="perplexity", yscale="log", title="Layer-wise perplexity")
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -74,7 +94,8 @@ def saturation_histogram(summaries: dict[str, dict]) -> Figure:
         early = 100 * summary["saturation"]["early_fraction"]
         ax.bar(_layers(counts) + (index - (len(summaries) - 1) / 2) * width, share, width,
                label=f"{name} (early: {early:.1f}%)")
-    ax.set(xlabel="saturation layer", ylabel="samples (%)", title="Saturation layers")
+    unit = "tokens" if _tokens(summaries) else "samples"
+    ax.set(xlabel="saturation layer", ylabel=f"{unit} (%)", title="Saturation layers")
     ax.legend()
     fig.tight_layout()
     return fig

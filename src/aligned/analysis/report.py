@@ -14,13 +14,17 @@ def write_report(
     early_exit_matched: dict | None = None,
 ) -> None:
     first = next(iter(summaries.values()))
+    tokens = all("layer_perplexity" in s for s in summaries.values())  # causal LMs
     lines = [
         "# Layer-wise evaluation",
         "",
-        f"Split `{first['split']}`, {first['num_samples']} samples, {first['num_layers']} layers "
-        "(1..L). Layer l's logits: the model's last-layer classifier (shared head) applied "
-        "after block l; for a multi-exit model, layer l's own classifier.",
+        f"Split `{first['split']}`, {first['num_samples']} "
+        f"{'next-token predictions' if tokens else 'samples'}, {first['num_layers']} layers "
+        f"(1..L). Layer l's logits: the model's last-layer {'LM head' if tokens else 'classifier'} "
+        "(shared head) applied after block l; for a multi-exit model, layer l's own "
+        f"{'head' if tokens else 'classifier'}.",
         "",
+        *(_token_lines(summaries) if tokens else []),
         "| model | final acc % | mean acc L1..L-1 % | minimal depth | early saturation % "
         "| monotone | corr(COS(l,L), confidence) | Spearman(COS, CKA) |",
         "|---|---|---|---|---|---|---|---|",
@@ -35,18 +39,21 @@ def write_report(
             f"| {s['cos_cka_correlation']['spearman']:.3f} |"
         )
     lines += ["", "## Per layer", ""]
+    columns = 4 if tokens else 3
     header = "| layer | " + " | ".join(
-        f"{name} acc % | {name} COS(l,L) | {name} confidence" for name in summaries
+        f"{name} acc % | " + (f"{name} perplexity | " if tokens else "")
+        + f"{name} COS(l,L) | {name} confidence" for name in summaries
     ) + " |"
-    lines += [header, "|" + "---|" * (1 + 3 * len(summaries))]
+    lines += [header, "|" + "---|" * (1 + columns * len(summaries))]
     for layer in range(max(s["num_layers"] for s in summaries.values())):
         cells = []
         for s in summaries.values():
             if layer >= s["num_layers"]:  # a shallower model
-                cells += ["", "", ""]
+                cells += [""] * columns
                 continue
-            cells += [_pct(s["layer_accuracy"][layer]), f"{s['cos_to_last'][layer]:.3f}",
-                      f"{s['mean_confidence'][layer]:.3f}"]
+            cells += [_pct(s["layer_accuracy"][layer]),
+                      *([_perplexity(s["layer_perplexity"][layer])] if tokens else []),
+                      f"{s['cos_to_last'][layer]:.3f}", f"{s['mean_confidence'][layer]:.3f}"]
         lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
     if all("early_exit" in s for s in summaries.values()):
         lines += _early_exit_lines(summaries)
@@ -57,6 +64,34 @@ def write_report(
     for name, figure in figures.items():
         lines += [f"![{name}]({figure.name})", ""]
     path.write_text("\n".join(lines))
+
+
+def _perplexity(value: float) -> str:
+    return f"{value:.4g}" if value < 1e6 else f"{value:.3e}"
+
+
+def _token_lines(summaries: dict[str, dict]) -> list[str]:
+    """A causal LM: what a sample is, the caps on the tokens, and perplexity."""
+    lines = []
+    for name, s in summaries.items():
+        about = s["similarity_tokens"]
+        cap = (f", a seeded subset of max_sequences={s['max_sequences']}"
+               if s["max_sequences"] is not None else "")
+        lines.append(
+            f"- {name}: {s['num_samples']} tokens of "
+            f"{s['num_sequences']} sequences{cap}; perplexity at layer L "
+            f"{_perplexity(s['layer_perplexity'][-1])}; the head at every layer: "
+            + ("final norm + LM head (the logit lens)" if s["final_norm"] else
+               "the LM head alone on hidden layers (final_norm=false, the authors' GPT-2 code)")
+            + f". COS over all {about['cos']} tokens, "
+            f"CKA over a seeded sample of {about['cka']} (at most "
+            f"{about['max_tokens_per_batch']} per batch)."
+        )
+    skipped = next((s["early_exit_skipped"] for s in summaries.values()
+                    if "early_exit_skipped" in s), None)
+    if skipped:
+        lines.append(f"- Early exit: {skipped}.")
+    return [*lines, ""]
 
 
 def _early_exit_lines(summaries: dict[str, dict]) -> list[str]:
