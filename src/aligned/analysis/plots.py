@@ -16,6 +16,15 @@ def _layers(values: list) -> np.ndarray:
     return np.arange(1, len(values) + 1)
 
 
+def _ticks(values: list | np.ndarray) -> np.ndarray:
+    """Layer ticks of a heatmap: every layer up to 12, else 1 and every 5th (30 labels in a
+    3.6-inch axis overlap)."""
+    count = len(values)
+    if count <= 12:
+        return _layers(values)
+    return np.unique([1, *range(5, count + 1, 5), count])
+
+
 def _tokens(summaries: dict[str, dict]) -> bool:
     """Whether the samples are next-token predictions (a causal LM's evaluation)."""
     return all(summary.get("unit") == "tokens" for summary in summaries.values())
@@ -65,7 +74,7 @@ def similarity_heatmaps(summaries: dict[str, dict]) -> Figure:
             low, high = ((matrix.min(), matrix.max()) if kind in distances
                          else (min(0.0, matrix.min()), 1.0))
             image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis", extent=extent)
-            ticks = _layers(matrix)
+            ticks = _ticks(matrix)
             ax.set(title=f"{name}: {kind.upper()}", xlabel="layer", ylabel="layer",
                    xticks=ticks, yticks=ticks)
             fig.colorbar(image, ax=ax, fraction=0.046)
@@ -145,7 +154,7 @@ def cross_similarity_heatmaps(cross: dict, names: list[str]) -> Figure:
         image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis",
                           extent=(0.5, cols + 0.5, rows + 0.5, 0.5), aspect="auto")
         ax.set(title=f"{kind.upper()} across models", xlabel=f"layer of {names[1]}",
-               ylabel=f"layer of {names[0]}", xticks=_layers(matrix[0]), yticks=_layers(matrix))
+               ylabel=f"layer of {names[0]}", xticks=_ticks(matrix[0]), yticks=_ticks(matrix))
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
