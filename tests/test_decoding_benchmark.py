@@ -1,0 +1,65 @@
+"""benchmarks/decoding.py at toy sizes (a tiny random GPT-2 over a word corpus, in process):
+every figure it reports is produced, and they agree with each other where they must."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from causal_lm_helpers import save_tiny_lm, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("decoding_benchmark",
+                                                  ROOT / "benchmarks" / "decoding.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def threads():
+    count = torch.get_num_threads()
+    yield
+    torch.set_num_threads(count)  # the benchmark sets its own (--threads)
+
+
+def test_benchmark_at_toy_sizes(tmp_path, threads, capsys):
+    model = save_tiny_lm(tmp_path / "model", "gpt2", layers=3)
+    corpus = write_corpus(tmp_path / "corpus", documents=60, words=(20, 40))
+    out = tmp_path / "decoding.json"
+    benchmark = load_benchmark()
+    results = benchmark.main([
+        "--model", str(model), "--source", str(corpus), "--cache-dir", str(tmp_path / "cache"),
+        "--max-length", "32", "--val-tokens", "60", "--test-tokens", "60",
+        "--max-drops", "0.01,1", "--kv", "recompute", "--prompts", "2", "--prompt-length", "8",
+        "--new-tokens", "6", "--scored-tokens", "60", "--rounds", "2", "--json", str(out),
+    ])
+    assert json.loads(out.read_text())["points"] == json.loads(json.dumps(results["points"]))
+    printed = capsys.readouterr().out
+    assert "full depth" in printed and "HF generate" in printed
+    points = {row["label"]: row for row in results["points"]}
+    full = points["full depth"]
+    assert full["generation_mean_exit_layer"] == 3 and full["same_as_full_depth_prefix"] == 1
+    assert full["measured_speedup"] == 1 and results["hf_generate_tokens_per_s"] > 0
+    offline = results["offline"]["1.0"]
+    assert offline["tokens"] == {"val": 60, "test": 60}
+    # A drop of 1 allows any accuracy: every rule leaves as early as its grid lets it.
+    assert offline["rules"]["budget"]["chosen"]["threshold"] == 1
+    assert points["budget 1"]["generation_mean_exit_layer"] == 1
+    for label, row in points.items():
+        assert row["tokens_per_s"] > 0, label
+        assert min(row["max_drops"] or [1]) <= 1
+        if "decoder_teacher_forced" in row:
+            # kv=recompute: the decoder scores the same 60 test tokens as the offline
+            # simulation (float32 here, so allow a token's worth of round-off)
+            scored = row["decoder_teacher_forced"]
+            assert scored["tokens"] == 60
+            assert abs(scored["accuracy"] - row["accuracy"]) <= 1 / 60 + 1e-9, label
+            assert abs(scored["mean_exit_layer"] - row["mean_exit_layer"]) <= 2 / 60, label
+    assert "decoder_teacher_forced" in points["budget 1"]
