@@ -148,8 +148,12 @@ def test_a_trained_lm_checkpoint_gives_its_training_metrics_and_compares_to_itse
 def test_max_sequences_is_a_seeded_subset_recorded_in_the_evaluation(files, tmp_path):
     cfg = compose_evaluate(["model=smollm2", f"model.name_or_path={files.llama}",
                             *data_overrides(files), "split=val", "max_sequences=3",
-                            "early_exit.enabled=false"], tmp_path)
+                            "early_exit.enabled=false", "similarity.measures=[cos,cka,svcca]"],
+                           tmp_path)
     evaluation = evaluate(cfg)
+    # The other measures read CKA's token sample (here every token: batches hold under 256).
+    assert np.asarray(evaluation["similarity"]["svcca"]).shape == (LAYERS, LAYERS)
+    assert evaluation["similarity_measures"]["svcca"]["samples"] == evaluation["num_samples"]
     assert json.loads((tmp_path / "evaluation.json").read_text()) == evaluation
     assert evaluation["split"] == "val" and len(evaluation["layer_perplexity"]) == LAYERS
     assert evaluation["num_sequences"] == 3 and evaluation["max_sequences"] == 3
