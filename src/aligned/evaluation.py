@@ -162,9 +162,9 @@ def analyse_checkpoint(
 
 
 LM_EARLY_EXIT = (
-    "not run for a causal LM: the offline rule sweep keeps every layer's logits of every sample "
-    "(tokens x layers x vocabulary); early exit for LMs is early-exit decoding (issue 18, part 5: "
-    "aligned.early_exit.decoding)"
+    "not run for a causal LM: this sweep keeps every layer's logits of every sample (tokens x "
+    "layers x vocabulary); for LMs, the per-token sweep of the rules and early-exit decoding are "
+    "benchmarks/decoding.py (aligned.early_exit.decoding_offline, aligned.early_exit.decoding)"
 )
 
 
