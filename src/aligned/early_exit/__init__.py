@@ -1,13 +1,20 @@
 """Early exit with the one shared head (METHOD.md §4): the exit rules and the one loop that
 applies them, offline sweeps over cached per-layer signals, real inference that runs later
 blocks on the survivors only (per batch or pooled across batches), and the parameters the shared
-head saves.
+head saves. For causal LMs: early-exit greedy decoding with a KV cache (``decoding``) and the
+rules' offline sweeps over per-token signals (``decoding_offline``).
 
     from aligned.early_exit import load_early_exit
     classifier = load_early_exit("run/checkpoints/last.ckpt", "confidence", 0.9)
     result = classifier(images)     # result.predictions (B,), result.exit_layers (B,) in 1..L
+
+    from aligned.early_exit import EarlyExitDecoder, make_rule
+    decoder = EarlyExitDecoder(system.backbone, make_rule("state", 0.99), kv="copy")
+    decoded = decoder.generate(input_ids, max_new_tokens=20)  # .tokens, .exit_layers (B, 20)
 """
 
+from aligned.early_exit.decoding import Decoded, EarlyExitDecoder
+from aligned.early_exit.decoding_offline import collect_token_signals, decoding_summary
 from aligned.early_exit.inference import EarlyExitClassifier, load_early_exit
 from aligned.early_exit.offline import early_exit_summary, matched_comparison, simulate, sweep
 from aligned.early_exit.parameter_count import parameter_summary
@@ -15,7 +22,8 @@ from aligned.early_exit.pooled import PooledEarlyExit
 from aligned.early_exit.rules import RULES, ExitResult, ExitRule, exit_layer_by_layer, make_rule
 
 __all__ = [
-    "RULES", "EarlyExitClassifier", "ExitResult", "ExitRule", "PooledEarlyExit",
-    "early_exit_summary", "exit_layer_by_layer", "load_early_exit", "make_rule",
-    "matched_comparison", "parameter_summary", "simulate", "sweep",
+    "RULES", "Decoded", "EarlyExitClassifier", "EarlyExitDecoder", "ExitResult", "ExitRule",
+    "PooledEarlyExit", "collect_token_signals", "decoding_summary", "early_exit_summary",
+    "exit_layer_by_layer", "load_early_exit", "make_rule", "matched_comparison",
+    "parameter_summary", "simulate", "sweep",
 ]
