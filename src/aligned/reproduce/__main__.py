@@ -21,22 +21,22 @@ from aligned.config import ConfigError, user_message
 from aligned.reproduce import claims as claim_functions
 from aligned.reproduce.collected import Collected
 from aligned.reproduce.report import Provenance, write_report
-from aligned.reproduce.runs import BASE_OVERRIDES, RunSpec, compose_config, execute
+from aligned.reproduce.runs import BASE_OVERRIDES, REPO, RunSpec, compose_config, execute
 from aligned.reproduce.workloads import LOSSES, SCALES, WORKLOADS, Scale, find
 
 log = logging.getLogger("aligned.reproduce")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m aligned.reproduce",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m aligned.reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="default", choices=list(SCALES),
                         help="; ".join(f"{s.name}: {s.description}" for s in SCALES.values()))
     parser.add_argument("--root", help="where the run directories go (and are reused from); "
                                        "default outputs/reproduce/<scale>")
     parser.add_argument("--out", help="the report's path (figures go to figures/ beside it); "
-                                      "default docs/REPRODUCTION.md at scale default, else "
-                                      "<root>/REPRODUCTION.md")
+                                      "default: the checkout's docs/REPRODUCTION.md at scale "
+                                      "default, else <root>/REPRODUCTION.md")
     parser.add_argument("--workloads", nargs="+", metavar="NAME",
                         help=f"default: the scale's; any of {', '.join(WORKLOADS)}")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
@@ -130,7 +130,8 @@ def reproduce(argv: list[str] | None = None) -> Path:
     args = parse(argv)
     scale = SCALES[args.scale]
     root = Path(args.root or f"outputs/reproduce/{scale.name}").expanduser().resolve()
-    out = Path(args.out or scale.default_report or root / "REPRODUCTION.md").expanduser()
+    default_out = REPO / scale.default_report if scale.default_report else root / "REPRODUCTION.md"
+    out = Path(args.out).expanduser() if args.out else default_out
     rounds = args.benchmark_rounds or scale.benchmark_rounds
     if rounds < 1 or not args.benchmark_seconds > 0:
         raise ConfigError("--benchmark-rounds must be at least 1 and --benchmark-seconds above 0.")

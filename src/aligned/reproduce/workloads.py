@@ -33,7 +33,7 @@ class Scale:
     seeds: tuple[int, ...]
     benchmark_rounds: int = 3  # timed rounds of the early-exit benchmark (median reported)
     benchmark_seeds: int | None = None  # benchmark only the first N seeds (None: all)
-    default_report: str | None = None  # where the report goes unless --out says otherwise
+    default_report: str | None = None  # in the checkout, unless --out says otherwise
     notes: tuple[str, ...] = field(default=())
 
 
@@ -41,14 +41,15 @@ WORKLOADS = {w.name: w for w in (
     Workload("vit_digits", "ViT on digits 8x8", ("data=digits",)),
     Workload("vit_mnist", "ViT on MNIST-28", ("experiment=vit_mnist",),
              benchmark=True),
-    Workload("minilm_sst2", "MiniLM-L6 on SST-2", ("experiment=minilm_sst2",), glue=True),
+    Workload("minilm_sst2", "MiniLM-L6 on SST-2 (val = test = GLUE dev)",
+             ("experiment=minilm_sst2",), glue=True),
     Workload("minilm_bbc", "MiniLM-L6 on BBC News", ("experiment=minilm_bbc",)),
     # The paper's setups, for GPUs and their data sets (scale=paper; never run here).
     Workload("deit_s_cifar10", "DeiT-S on CIFAR-10 (224x224)", ("experiment=deit_s_cifar10",),
              benchmark=True),
     Workload("deit_s_cifar100", "DeiT-S on CIFAR-100 (224x224)", ("experiment=deit_s_cifar100",)),
-    Workload("bert_sst2", "BERT-base on SST-2", ("experiment=bert_glue", "data.task=sst2"),
-             glue=True),
+    Workload("bert_sst2", "BERT-base on SST-2 (val = test = GLUE dev)",
+             ("experiment=bert_glue", "data.task=sst2"), glue=True),
     Workload("bert_mnli", "BERT-base on MNLI", ("experiment=bert_glue", "data.task=mnli"),
              glue=True),
 )}
@@ -82,6 +83,8 @@ SCALES = {s.name: s for s in (
         "analysis yet)",
         {"deit_s_cifar10": (), "deit_s_cifar100": (), "bert_sst2": (), "bert_mnli": ()},
         seeds=(0, 1, 2),
+        benchmark_rounds=1,  # batch 1 over CIFAR's 10,000 test images: minutes per pass
+        benchmark_seeds=1,
     ),
 )}
 
