@@ -174,6 +174,7 @@ def test_banded_fraction_counts_steps_away_from_the_diagonal():
     (["--workloads", "minilm_sst2", "--glue-dir", "/nonexistent/glue"],
      "--glue-dir /nonexistent/glue is not a directory"),
     (["--override", "model.no_such_key=1"], "vit_digits standard: the train.py overrides"),
+    (["--seeds", "0", "-1"], "--seeds must be integers of 0 or more, got [0, -1]"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as stop:

@@ -54,7 +54,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace, scale: Scale, root: Path) -> list[RunSpec]:
     """One spec per (workload, seed, loss): a killed reproduction has whole seeds done."""
-    names = args.workloads or list(scale.workloads)
+    names = list(dict.fromkeys(args.workloads or scale.workloads))  # each once
     workloads = [find(WORKLOADS, name, "workload") for name in names]
     overrides = split_overrides(args.override, names)
     glue_dir = str(Path(args.glue_dir).expanduser().resolve())
@@ -62,13 +62,16 @@ def plan(args: argparse.Namespace, scale: Scale, root: Path) -> list[RunSpec]:
         raise ConfigError(f"--glue-dir {args.glue_dir} is not a directory; the GLUE workloads "
                           "read GLUE's TSV files from it (SST-2/train.tsv, ...). Pass --glue-dir "
                           "<your GLUE directory> or leave those workloads out with --workloads.")
-    seeds = args.seeds if args.seeds is not None else list(scale.seeds)
+    seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else scale.seeds))
+    if any(seed < 0 for seed in seeds):
+        raise ConfigError(f"--seeds must be integers of 0 or more, got {seeds}.")
+    losses = list(dict.fromkeys(args.losses))
     benchmarked = seeds[: scale.benchmark_seeds] if scale.benchmark_seeds else seeds
     specs = []
     for workload in workloads:
         data = [f"data.data_dir={glue_dir}"] if workload.glue else []
         for seed in seeds:
-            for loss in args.losses:
+            for loss in losses:
                 run_overrides = (*workload.overrides, *data,
                                  *scale.workloads.get(workload.name, ()), *BASE_OVERRIDES,
                                  *overrides[workload.name], f"loss={loss}", f"seed={seed}")
