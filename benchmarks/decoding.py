@@ -43,6 +43,7 @@ from aligned.early_exit.decoding_offline import (
     TokenSignals,
     collect_token_signals,
     decoding_summary,
+    token_point,
 )
 from aligned.early_exit.rules import RULES, make_rule
 from aligned.models.backbones.hf_decoder import HFDecoder
@@ -123,6 +124,9 @@ def operating_points(summary_by_drop: dict[float, dict], num_layers: int) -> dic
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scored_tokens > args.test_tokens:
+        raise ConfigError(f"--scored-tokens {args.scored_tokens} is more than --test-tokens "
+                          f"{args.test_tokens}; the offline figure on the same tokens needs them.")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     path = model_path(args.model)
@@ -158,10 +162,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def hf_run(warm_up: bool = False) -> None:
         count = 2 if warm_up else args.new_tokens
         with torch.inference_mode():
-            for prompt in prompts[:1] if warm_up else prompts:
-                backbone.model.generate(prompt, do_sample=False, max_new_tokens=count,
-                                        min_new_tokens=count,
-                                        pad_token_id=data.pad_token_id)
+            outputs = [backbone.model.generate(prompt, do_sample=False, max_new_tokens=count,
+                                               min_new_tokens=count,
+                                               pad_token_id=data.pad_token_id)
+                       for prompt in (prompts[:1] if warm_up else prompts)]
+        generated["hf generate"] = [out[0, -count:] for out in outputs]
 
     decoders = {label: EarlyExitDecoder(backbone, make_rule(point["rule"], point["threshold"]),
                                         args.kv) for label, point in points.items()}
@@ -183,14 +188,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "measured_speedup": full_seconds / seconds[label],
                "generation_mean_exit_layer": float(layers.mean()),
                "same_as_full_depth_prefix": statistics.mean(prefix)}
-        if args.scored_tokens and label != "full depth" and (
-                point["mean_exit_layer"] < num_layers):
-            row["decoder_teacher_forced"] = decoder_accuracy(decoders[label], data,
-                                                             args.scored_tokens)
+        if args.scored_tokens and (label == "full depth" or point["mean_exit_layer"] < num_layers):
+            scored = decoder_accuracy(decoders[label], data, args.scored_tokens)
+            # The offline simulation on the same tokens: the decoder's figure minus this one
+            # is what the KV policy costs (0 up to round-off for recompute).
+            same_tokens = test.tokens(slice(0, scored["tokens"]))
+            scored["offline_accuracy"] = token_point(decoders[label].rule, same_tokens)["accuracy"]
+            row["decoder_teacher_forced"] = scored
         rows.append(row)
-    if args.scored_tokens:  # the decoder's full-depth accuracy on the same tokens
-        rows[0]["decoder_teacher_forced"] = decoder_accuracy(decoders["full depth"], data,
-                                                             args.scored_tokens)
     full_offline = summaries[args.max_drops[0]]["full_depth_accuracy"]
     rows[0].update(val_accuracy=full_offline["val"], accuracy=full_offline["test"],
                    mean_exit_layer=float(num_layers), val_mean_exit_layer=float(num_layers),
@@ -201,6 +206,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "prompts": len(prompts), "prompt_length": args.prompt_length,
         "new_tokens": args.new_tokens, "rounds": args.rounds,
         "hf_generate_tokens_per_s": new_tokens / seconds["hf generate"],
+        # the decoder with no exit against HF's own greedy decoding, token for token
+        "full_depth_equals_hf_generate": all(
+            torch.equal(a, b) for a, b in zip(generated["full depth"], generated["hf generate"],
+                                              strict=True)),
         "seconds": {"load": loaded, "signals": signals_seconds, "timing": timing_seconds},
         "points": rows,
         "offline": {str(drop): summary for drop, summary in summaries.items()},
@@ -212,17 +221,19 @@ def report(results: dict[str, Any]) -> str:
              f"{results['threads']} thread(s); {results['prompts']} prompts x "
              f"{results['new_tokens']} new tokens, median of {results['rounds']} rounds",
              f"{'point':<22}{'drops':>10}{'val acc':>9}{'test acc':>9}{'exit':>7}{'heads':>7}"
-             f"{'tok/s':>8}{'speed-up':>9}{'gen exit':>9}{'same':>6}{'decoder acc':>12}"]
+             f"{'tok/s':>8}{'speed-up':>9}{'gen exit':>9}{'same':>6}{'decoder/offline acc':>20}"]
     for row in results["points"]:
         drops = ",".join(f"{d:g}" for d in row["max_drops"]) or "-"
         scored = row.get("decoder_teacher_forced")
+        scored = f"{scored['accuracy']:.4f}/{scored['offline_accuracy']:.4f}" if scored else "-"
         lines.append(
             f"{row['label']:<22}{drops:>10}{row['val_accuracy']:>9.4f}{row['accuracy']:>9.4f}"
             f"{row['mean_exit_layer']:>7.2f}{row.get('mean_head_calls', 1.0):>7.2f}"
             f"{row['tokens_per_s']:>8.2f}{row['measured_speedup']:>9.2f}"
             f"{row['generation_mean_exit_layer']:>9.2f}{row['same_as_full_depth_prefix']:>6.2f}"
-            f"{scored['accuracy'] if scored else float('nan'):>12.4f}")
-    lines.append(f"HF generate (full depth): {results['hf_generate_tokens_per_s']:.2f} tok/s")
+            f"{scored:>20}")
+    lines.append(f"HF generate (full depth): {results['hf_generate_tokens_per_s']:.2f} tok/s, "
+                 f"the same tokens as full depth: {results['full_depth_equals_hf_generate']}")
     seconds = results["seconds"]
     lines.append(f"load {seconds['load']:.1f} s, signals {seconds['signals']:.1f} s, timing "
                  f"{seconds['timing']:.1f} s")

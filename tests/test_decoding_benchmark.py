@@ -47,6 +47,7 @@ def test_benchmark_at_toy_sizes(tmp_path, threads, capsys):
     full = points["full depth"]
     assert full["generation_mean_exit_layer"] == 3 and full["same_as_full_depth_prefix"] == 1
     assert full["measured_speedup"] == 1 and results["hf_generate_tokens_per_s"] > 0
+    assert results["full_depth_equals_hf_generate"]
     offline = results["offline"]["1.0"]
     assert offline["tokens"] == {"val": 60, "test": 60}
     # A drop of 1 allows any accuracy: every rule leaves as early as its grid lets it.
@@ -60,6 +61,10 @@ def test_benchmark_at_toy_sizes(tmp_path, threads, capsys):
             # simulation (float32 here, so allow a token's worth of round-off)
             scored = row["decoder_teacher_forced"]
             assert scored["tokens"] == 60
+            assert scored["offline_accuracy"] == row["accuracy"], label  # all 60 test tokens
             assert abs(scored["accuracy"] - row["accuracy"]) <= 1 / 60 + 1e-9, label
             assert abs(scored["mean_exit_layer"] - row["mean_exit_layer"]) <= 2 / 60, label
     assert "decoder_teacher_forced" in points["budget 1"]
+    assert "decoder_teacher_forced" in full
+    with pytest.raises(SystemExit, match="--scored-tokens 61 is more than --test-tokens 60"):
+        benchmark.main(["--model", str(model), "--test-tokens", "60", "--scored-tokens", "61"])

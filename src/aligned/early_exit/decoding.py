@@ -64,7 +64,8 @@ class Decoded:
 
 
 class _Stream:
-    """One batch's decoding state: the cache, the columns seen so far, and per block the
+    """One batch's decoding state: the cache, the columns seen so far (their real-token mask,
+    position ids and, for LLaMA, rotary cos/sin, the same for every block), and per block the
     positions owed to it (each (B, k, D), oldest first)."""
 
     def __init__(self, decoder: EarlyExitDecoder, batch_size: int, device: torch.device) -> None:
@@ -72,15 +73,27 @@ class _Stream:
         self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # (B, T)
         self.positions = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # (B, T)
         self.padded = False  # some column is padding: the blocks need the mask
+        self.rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, T, head_dim) each
         self.pending: list[list[torch.Tensor]] = [[] for _ in range(decoder.backbone.num_layers)]
 
-    def append(self, mask: torch.Tensor) -> None:
-        """New columns (B, k) with their real-token mask; their position ids count each row's
-        real tokens, as in ``HFDecoder.begin``."""
+    def append(self, backbone: HFDecoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """New columns: their ids and real-token mask (B, k) -> their embeddings (B, k, D).
+        Their position ids count each row's real tokens, as in ``HFDecoder.begin``."""
         counted = (self.mask.sum(-1, keepdim=True) + mask.cumsum(-1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, mask], 1)
         self.positions = torch.cat([self.positions, counted], 1)
         self.padded = self.padded or not bool(mask.all())
+        embedded = backbone.embed(ids, counted)
+        rotary = backbone.rotary_embeddings(embedded, counted)  # once, not once per block
+        if rotary is not None:
+            self.rotary = rotary if self.rotary is None else tuple(
+                torch.cat([kept, new], 1) for kept, new in zip(self.rotary, rotary, strict=True))
+        return embedded
+
+    def columns(self, count: int) -> tuple[torch.Tensor, tuple | None]:
+        """Position ids and rotary embeddings of the last ``count`` columns."""
+        rotary = None if self.rotary is None else tuple(r[:, -count:] for r in self.rotary)
+        return self.positions[:, -count:], rotary
 
     def block_inputs(self, layer: int, tokens: torch.Tensor) -> torch.Tensor:
         """The owed positions of block ``layer`` in front of ``tokens`` (B, k, D); clears them."""
@@ -192,12 +205,11 @@ class EarlyExitDecoder:
         stream = _Stream(self, len(input_ids), input_ids.device)
         if not input_ids.shape[1]:
             return stream
-        stream.append(mask)
-        positions = stream.positions
-        hidden = self.backbone.embed(input_ids, positions)  # (B, P-1, D)
+        hidden = stream.append(self.backbone, input_ids, mask)  # (B, P-1, D)
+        positions, rotary = stream.columns(input_ids.shape[1])
         for layer in range(1, self.backbone.num_layers + 1):
             hidden = self.backbone.extend(layer, hidden, stream.cache, self._mask(stream),
-                                          positions)
+                                          positions, rotary)
         return stream
 
     def _mask(self, stream: _Stream) -> torch.Tensor | None:
@@ -208,8 +220,7 @@ class EarlyExitDecoder:
         """One new column (B, 1) through the blocks until every row has left; returns each
         row's prediction and exit layer (B,) and leaves the owed positions in ``stream``."""
         backbone, num_layers, batch = self.backbone, self.backbone.num_layers, len(ids)
-        stream.append(mask)
-        hidden = backbone.embed(ids, stream.positions[:, -1:])  # (B, 1, D)
+        hidden = stream.append(backbone, ids, mask)  # (B, 1, D)
         running = None  # the rows still deciding; None: all
         previous = None  # their float64 features at the last layer read (for the cosine)
         reached = 0
@@ -224,7 +235,7 @@ class EarlyExitDecoder:
             chunk = stream.block_inputs(layer, hidden)  # (B, owed + 1, D)
             owed = chunk.shape[1] - 1
             out = backbone.extend(layer, chunk, stream.cache, self._mask(stream),
-                                  stream.positions[:, -chunk.shape[1]:])
+                                  *stream.columns(chunk.shape[1]))
             if self.kv == "recompute" and owed and layer < num_layers:
                 stream.pending[layer].append(out[:, :owed])  # their next block's input
             new = out[:, owed:]  # (B, 1, D)

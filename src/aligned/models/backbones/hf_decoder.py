@@ -156,20 +156,29 @@ class HFDecoder(LayerwiseBackbone):
         """An empty key/value cache for ``extend``: one entry per block, each its own length."""
         return DynamicCache(config=self.model.config)
 
+    def rotary_embeddings(self, tokens: torch.Tensor, positions: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """LLaMA's rotary (cos, sin) at ``positions`` (B, k), (B, k, head_dim) each, in
+        ``tokens``' dtype; None for GPT-2 (learned positions, added by ``embed``)."""
+        return None if self.parts.rotary is None else self.parts.rotary(tokens, positions)
+
     def extend(self, layer: int, tokens: torch.Tensor, cache: DynamicCache,
-               attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+               attention_mask: torch.Tensor | None, positions: torch.Tensor,
+               rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Block ``layer`` on new tokens (B, k, D) at position ids ``positions`` (B, k), which
         attend to the keys and values ``cache`` holds for that block and to each other
         (causally); their own keys and values are appended to the cache. ``attention_mask``
-        (B, cached + k) marks the real tokens of every column; None: all are. Returns the
-        block's output (B, k, D), final-normed at layer L as ``run_block`` does."""
+        (B, cached + k) marks the real tokens of every column; None: all are. ``rotary``:
+        ``rotary_embeddings`` of ``positions`` when the caller keeps them (they are the same
+        for every block). Returns the block's output (B, k, D), final-normed at layer L as
+        ``run_block`` does."""
         block = self.parts.blocks[layer - 1]
-        rotary = {}
-        if self.parts.rotary is not None:
-            rotary = {"position_embeddings": self.parts.rotary(tokens, positions)}
+        if rotary is None:
+            rotary = self.rotary_embeddings(tokens, positions)
+        extra = {} if rotary is None else {"position_embeddings": rotary}
         mask = self._block_mask(tokens, attention_mask, positions, cache, layer)
         tokens = block(tokens, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=True, **rotary)  # (B, k, D)
+                       use_cache=True, **extra)  # (B, k, D)
         if layer == self.num_layers and not self.final_norm:
             tokens = self.parts.final_norm(tokens)
         return tokens
