@@ -4,6 +4,7 @@ labels masked at padding, and the token cache."""
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from pathlib import Path
 
 import pytest
@@ -116,10 +117,15 @@ def test_one_file_holds_one_document_per_paragraph(tmp_path):
     assert documents.names == ["book.txt#0", "book.txt#1", "book.txt#2"]
 
 
-def test_invalid_utf8_is_read_with_replacement_characters(tmp_path, caplog):
+def test_invalid_utf8_is_read_with_replacement_characters(tmp_path, caplog, monkeypatch):
     (tmp_path / "a.txt").write_bytes(b"caf\xe9 the cat")
     (tmp_path / "b.txt").write_text("the dog")
-    documents = read_documents(str(tmp_path))
+    # An earlier in-process Hydra run may have configured logging: hear this module's warning.
+    logger = logging.getLogger("aligned.data.text")
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="aligned.data.text"):
+        documents = read_documents(str(tmp_path))
     assert documents.texts == ["caf\ufffd the cat", "the dog"]
     assert "1 of 2 files are not valid UTF-8" in caplog.text
 
