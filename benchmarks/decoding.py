@@ -268,7 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive(int), default=4)
     parser.add_argument("--max-drops", type=drops, default=[0.01])
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
-    parser.add_argument("--kv", default="copy", choices=KV_POLICIES)
+    parser.add_argument("--kv", default="recompute", choices=KV_POLICIES)
     parser.add_argument("--prompts", type=positive(int), default=3)
     parser.add_argument("--prompt-length", type=positive(int), default=32)
     parser.add_argument("--new-tokens", type=positive(int), default=24)

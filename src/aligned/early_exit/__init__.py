@@ -9,7 +9,7 @@ rules' offline sweeps over per-token signals (``decoding_offline``).
     result = classifier(images)     # result.predictions (B,), result.exit_layers (B,) in 1..L
 
     from aligned.early_exit import EarlyExitDecoder, make_rule
-    decoder = EarlyExitDecoder(system.backbone, make_rule("state", 0.99), kv="copy")
+    decoder = EarlyExitDecoder(system.backbone, make_rule("state", 0.99))  # kv="recompute"
     decoded = decoder.generate(input_ids, max_new_tokens=20)  # .tokens, .exit_layers (B, 20)
 """
 

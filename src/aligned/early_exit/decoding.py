@@ -10,23 +10,24 @@ Skipped layers and the key/value cache
 A token that leaves at layer e never computes layers e+1..L, yet later tokens attend to its keys
 and values there. Two policies (``kv=``):
 
-- ``"copy"`` (default; CALM's state propagation): the exit state h_e is copied forward into the
-  skipped layers, so the token's keys and values at layer l > e are those of block l on h_e. This
-  changes what later tokens see (an approximation the model was not trained for, unless it was
-  trained aligned), and saves the skipped layers' work.
-- ``"recompute"``: the skipped layers are computed properly, late: when a later token reaches
-  layer l, the positions still missing there run through block l first. Later tokens see exactly
-  the full model's keys and values, so only the exiting token's own prediction differs from full
-  depth; the work is deferred, not saved (a position's layer l runs once a later token reaches
-  l), which pays off where extra rows are nearly free (decoding one token at a time is bound by
-  reading the weights, not by arithmetic).
+- ``"recompute"`` (default): the skipped layers are computed properly, late: when a later token
+  reaches layer l, the positions still missing there run through block l first. Later tokens
+  see exactly the full model's keys and values, so only the exiting token's own prediction
+  differs from full depth.
+- ``"copy"`` (CALM's state propagation): the exit state h_e is copied forward into the skipped
+  layers, so the token's keys and values at layer l > e are those of block l on h_e. Later
+  tokens see copied states, an approximation the model was not trained for.
 
 Both run the same way: per block, the positions owed to it wait in ``pending`` and ride along,
 in front of the current token, in its next call (one ``HFDecoder.extend`` with the transformers
-``DynamicCache``; each block's cache has its own length). Under ``copy`` a waiting position's
-input is its exit state and its output is dropped; under ``recompute`` its input is its state
-one layer down and its output waits for the next block. When no later token needs a block, its
-owed positions are never computed.
+``DynamicCache``; each block's cache has its own length). Under ``recompute`` a waiting
+position's input is its state one layer down and its output waits for the next block; under
+``copy`` its input is its exit state and its output is dropped. A position is computed at block
+l only once a later token reaches l (never, if none does), under either policy, so the two cost
+the same here; that is why ``recompute`` is the default. CALM computes only the keys and values
+of the copied state, which would also save the block's attention and MLP on those rows; that
+needs each family's attention internals and is not done. Measured on SmolLM2 (CPU, batch 1,
+docs/causal-lm.md), the rows that ride along cost little.
 
 Batches: rows decide separately; a row that has left keeps its exit state (``copy``) or keeps
 being computed (``recompute``) while the others run, and the batch stops at the layer where its
@@ -50,7 +51,7 @@ from aligned.config import ConfigError
 from aligned.early_exit.rules import ExitRule, LayerSignals, exit_layer_by_layer
 from aligned.models.backbones.hf_decoder import HFDecoder
 
-KV_POLICIES = ("copy", "recompute")
+KV_POLICIES = ("recompute", "copy")
 LogitsAt = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, (B, D) features) -> (B, V)
 
 
@@ -108,21 +109,22 @@ class EarlyExitDecoder:
     head (``backbone.head``). ``from_system`` takes a trained system's (per-layer heads too).
     """
 
-    def __init__(self, backbone: HFDecoder, rule: ExitRule, kv: str = "copy",
+    def __init__(self, backbone: HFDecoder, rule: ExitRule, kv: str = "recompute",
                  logits_at: LogitsAt | None = None) -> None:
         if not isinstance(backbone, HFDecoder):
             raise ConfigError(f"Early-exit decoding needs a causal LM (model=gpt2, "
                               f"model=smollm2); got a {type(backbone).__name__}.")
         if kv not in KV_POLICIES:
-            raise ConfigError(f"kv={kv!r}: use 'copy' (CALM: skipped layers' keys and values "
-                              "from the exit state) or 'recompute' (computed when needed).")
+            raise ConfigError(f"kv={kv!r}: use 'recompute' (skipped layers computed when a "
+                              "later token needs them) or 'copy' (CALM: their keys and values "
+                              "from the exit state).")
         self.backbone = backbone.eval()
         self.rule = rule
         self.kv = kv
         self.logits_at = logits_at or (lambda layer, features: backbone.head(features))
 
     @classmethod
-    def from_system(cls, system, rule: ExitRule, kv: str = "copy") -> EarlyExitDecoder:
+    def from_system(cls, system, rule: ExitRule, kv: str = "recompute") -> EarlyExitDecoder:
         """A trained ``LayerwiseClassifier`` over an ``HFDecoder`` (its objective's heads)."""
         backbone = system.eval().backbone
         return cls(backbone, rule, kv,
