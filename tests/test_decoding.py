@@ -203,3 +203,22 @@ def test_bad_input(backbone):
     if backbone.parts.position_embedding is not None:  # GPT-2's 64 learned positions
         with pytest.raises(ConfigError, match="positions"):
             decoder.generate(prompt(60), 10)
+
+
+def test_from_system_reads_a_multiexit_models_own_heads(tmp_path):
+    from aligned.training.system import LayerwiseClassifier
+
+    directory = save_tiny_lm(tmp_path, "llama", LAYERS)
+    system = LayerwiseClassifier(
+        model={"_target_": "aligned.models.backbones.hf_decoder.HFDecoder",
+               "name_or_path": str(directory)},
+        loss={"_target_": "aligned.models.objectives.MultiExitObjective"}).double()
+    text = prompt(9, seed=7)
+    decoded = EarlyExitDecoder.from_system(system, BudgetRule(2.0)).teacher_forced(text)
+    with torch.no_grad():
+        backbone = system.backbone
+        state = backbone.run_block(2, backbone.run_block(1, backbone.begin({"input_ids": text})))
+        own_head = system.objective.exit_heads[1](state.tokens[0]).argmax(-1)  # layer 2's head
+        shared_head = backbone.head(state.tokens[0]).argmax(-1)
+    assert torch.equal(decoded.tokens[0], own_head)
+    assert not torch.equal(own_head, shared_head)  # so the test tells the heads apart

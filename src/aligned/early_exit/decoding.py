@@ -26,8 +26,7 @@ position's input is its state one layer down and its output waits for the next b
 l only once a later token reaches l (never, if none does), under either policy, so the two cost
 the same here; that is why ``recompute`` is the default. CALM computes only the keys and values
 of the copied state, which would also save the block's attention and MLP on those rows; that
-needs each family's attention internals and is not done. Measured on SmolLM2 (CPU, batch 1,
-docs/causal-lm.md), the rows that ride along cost little.
+needs each family's attention internals and is not done.
 
 Batches: rows decide separately; a row that has left keeps its exit state (``copy``) or keeps
 being computed (``recompute``) while the others run, and the batch stops at the layer where its
