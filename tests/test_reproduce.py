@@ -84,6 +84,42 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
     assert capsys.readouterr().out.count("train reused, evaluate reused") == 8
 
 
+def test_jobs_run_in_worker_processes_as_they_would_one_at_a_time_and_time_early_exit_after(
+        tmp_path, monkeypatch, capsys, one_thread):
+    csv = write_mnist_csv(tmp_path / "mnist_5k.csv.gz")  # workers read it by path
+    common = ["--losses", "aligned", "--seeds", "0", *MICRO]
+    reproduce(["--workloads", "vit_digits", "--root", str(tmp_path / "alone"),
+               "--out", str(tmp_path / "alone.md"), *common])
+    capsys.readouterr()
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a run trained or evaluated in this process, not in a worker")
+
+    for step in ("train_run", "evaluate_run"):  # spawned workers import their own copies
+        monkeypatch.setattr(runs, step, not_here)
+    reproduce(["--workloads", "vit_digits", "vit_mnist", "--root", str(tmp_path / "jobs"),
+               "--out", str(tmp_path / "jobs.md"), "--jobs", "2",
+               "--override", f"vit_mnist:+data.data_file={csv}", *common])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) == 2 and lines[-1].startswith("[2/2] vit_mnist aligned seed 0: train ")
+    assert "benchmark" in lines[-1] and "benchmark" not in lines[0]  # timed last, alone
+    assert "2 trained by this invocation, 0 reused" in (tmp_path / "jobs.md").read_text()
+    assert (tmp_path / "jobs" / "vit_mnist" / "aligned" / "seed0" / "benchmark.json").is_file()
+
+    def accuracy(root: Path) -> list[float]:
+        results = json.loads((root / "vit_digits/aligned/seed0/results.json").read_text())
+        return results["layer_accuracy"]["test"]
+
+    assert accuracy(tmp_path / "jobs") == accuracy(tmp_path / "alone")  # same run, same numbers
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2"])
+def test_jobs_below_one_is_one_line(tmp_path, capsys, jobs):
+    with pytest.raises(SystemExit):
+        main(["--root", str(tmp_path), "--workloads", "vit_digits", "--jobs", jobs])
+    assert f"--jobs must be at least 1, got {jobs}." in capsys.readouterr().err
+
+
 # -- the claims' rules on made-up results ---------------------------------------------------
 
 EMPTY = Collected([], {})

@@ -6,6 +6,7 @@ finds), evaluate every run, time early exit, and write the report with a verdict
     python -m aligned.reproduce --scale paper --glue-dir /data/glue \\
         --override deit_s_cifar10:data.data_dir=/data/cifar  # the paper's setups, on GPUs
     python -m aligned.reproduce --workloads vit_digits --losses standard aligned --seeds 0 1
+    python -m aligned.reproduce --jobs 2                 # two runs at a time, 1 thread each
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from aligned.config import ConfigError, user_message
 from aligned.reproduce import claims as claim_functions
 from aligned.reproduce.collected import Collected
 from aligned.reproduce.report import Provenance, write_report
-from aligned.reproduce.runs import BASE_OVERRIDES, REPO, RunSpec, compose_config, execute
+from aligned.reproduce.runs import (
+    BASE_OVERRIDES,
+    REPO,
+    RunResult,
+    RunSpec,
+    compose_config,
+    execute_all,
+)
 from aligned.reproduce.workloads import LOSSES, SCALES, WORKLOADS, Scale, find
 
 log = logging.getLogger("aligned.reproduce")
@@ -46,6 +54,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--override", nargs="+", action="extend", default=[],
                         metavar="[WORKLOAD:]KEY=VALUE",
                         help="train.py overrides added to every run (or to one workload's)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained and evaluated at once, each in its own process with "
+                             "cores/jobs torch threads; the early-exit timings then run one at "
+                             "a time (default 1)")
     parser.add_argument("--benchmark-rounds", type=int, help="default: the scale's")
     parser.add_argument("--benchmark-seconds", type=float, default=0.5,
                         help="a timed round repeats a short run until it lasts this long")
@@ -138,16 +150,19 @@ def reproduce(argv: list[str] | None = None) -> Path:
     rounds = args.benchmark_rounds or scale.benchmark_rounds
     if rounds < 1 or not args.benchmark_seconds > 0:
         raise ConfigError("--benchmark-rounds must be at least 1 and --benchmark-seconds above 0.")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
     specs = plan(args, scale, root)
     check_configs(specs)
-    finished = []
-    for number, spec in enumerate(specs, start=1):
-        run = execute(spec, rounds, args.benchmark_seconds)
+
+    def done(index: int, run: RunResult) -> None:
+        spec = specs[index]
         steps = ", ".join(f"{step} reused" if reused else f"{step} {run.timings[step + '_s']:.0f} s"
                           for step, reused in run.reused.items())
-        print(f"[{number}/{len(specs)}] {spec.workload.name} {spec.loss} seed {spec.seed}: "
+        print(f"[{index + 1}/{len(specs)}] {spec.workload.name} {spec.loss} seed {spec.seed}: "
               f"{steps}", flush=True)
-        finished.append(run)
+
+    finished = execute_all(specs, rounds, args.benchmark_seconds, args.jobs, done)
     collected = Collected(finished, {w.name: w.title for w in (s.workload for s in specs)})
     claims = [claim(collected) for claim in claim_functions.CLAIMS]
     out.parent.mkdir(parents=True, exist_ok=True)

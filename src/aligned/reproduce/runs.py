@@ -14,8 +14,11 @@ import argparse
 import importlib.util
 import json
 import logging
+import multiprocessing
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +155,52 @@ def execute(spec: RunSpec, rounds: int, round_seconds: float) -> RunResult:
     return RunResult(spec.workload.name, spec.loss, spec.seed, results, evaluation, benchmark,
                      objective_parameters(results["checkpoint"]), spec.directory,
                      record["timings"], reused)
+
+
+def execute_all(specs: list[RunSpec], rounds: int, round_seconds: float, jobs: int,
+                done: Callable[[int, RunResult], None]) -> list[RunResult]:
+    """``execute`` every spec, ``jobs`` at a time, calling ``done(index, result)`` as each ends.
+
+    With ``jobs`` > 1 the runs train and evaluate in worker processes sharing the cores (each
+    gets cores // jobs torch threads: small models use one thread better than two), and the
+    early-exit timings follow one at a time in this process, so no other job shares their cores.
+    """
+    if jobs == 1:
+        results = []
+        for index, spec in enumerate(specs):
+            results.append(execute(spec, rounds, round_seconds))
+            done(index, results[-1])
+        return results
+    threads = max(1, torch.get_num_threads() // jobs)
+    results: dict[int, RunResult] = {}
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=start_job, initargs=(threads,))
+    try:
+        futures = {pool.submit(execute, replace(spec, benchmark=False), rounds, round_seconds):
+                   index for index, spec in enumerate(specs)}
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = future.result()
+            if not specs[index].benchmark:
+                done(index, results[index])
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # the running jobs end, no new ones start
+        raise
+    pool.shutdown()
+    for index, spec in enumerate(specs):
+        if spec.benchmark:  # training and evaluation are reused; only the timing runs here
+            timed_run = execute(spec, rounds, round_seconds)
+            timed_run.reused = {**results[index].reused,
+                                "benchmark": timed_run.reused["benchmark"]}
+            results[index] = timed_run
+            done(index, timed_run)
+    return [results[index] for index in range(len(specs))]
+
+
+def start_job(threads: int) -> None:
+    """A worker process of ``execute_all``: its share of the cores, and the parent's log format."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
 
 def timed(record: dict[str, Any], key: str, step):
