@@ -55,6 +55,9 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
     on_par = text.split("## 8. ")[1].split("## 9. ")[0]
     assert f"**Verdict: {claims.UNMEASURED}.**" in on_par
     assert "8 trained by this invocation, 0 reused" in text
+    # The steps ran inside this invocation: their span (from the step files' times) fits in it.
+    span = duration(text, "their steps spanned")
+    assert 0 < span <= duration(text, "This invocation took") + 6  # both rounded to 0.1 min
     for figure in ("accuracy_vit_digits", "similarity_vit_mnist", "speedup_vit_mnist"):
         assert (out.parent / "figures" / f"{figure}.png").stat().st_size > 0
         assert f"(figures/{figure}.png)" in text
@@ -82,6 +85,12 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
     changed = [p for p in written if unchanged[p] != written[p] and p.name != "reproduce.json"]
     assert not changed
     assert capsys.readouterr().out.count("train reused, evaluate reused") == 8
+
+
+def duration(text: str, before: str) -> float:
+    """Seconds of the report's '<before> 12 s' / '1.5 min' / '2.05 h'."""
+    number, unit = re.search(rf"{before} ([\d.]+) (s|min|h)\b", text).groups()
+    return float(number) * {"s": 1, "min": 60, "h": 3600}[unit]
 
 
 def test_jobs_run_in_worker_processes_as_they_would_one_at_a_time_and_time_early_exit_after(

@@ -107,11 +107,33 @@ def provenance_lines(collected: Collected, provenance: Provenance) -> list[str]:
         f"time of every step, summed over all runs (what a regeneration from scratch costs): "
         f"{minutes(total)} = " + " + ".join(f"{name} {minutes(seconds)}"
                                              for name, seconds in recorded.items()) + ".",
+        *span_line(runs),
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{torch.get_num_threads()} torch threads, "
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
         f"torch {torch.__version__}.",
     ]
+
+
+# Where each step leaves its output: the file's modification time is when the step ended.
+STEP_OUTPUTS = {"train_s": "results.json", "evaluate_s": "evaluation/evaluation.json",
+                "benchmark_s": "benchmark.json"}
+
+
+def span_line(runs: list) -> list[str]:
+    """The wall clock the runs took as they were made (several invocations, jobs at a time):
+    from the first step's start to the last step's end, read from each step's output file."""
+    ends, starts = [], []
+    for run in runs:
+        for key, name in STEP_OUTPUTS.items():
+            output = run.directory / name
+            if key in run.timings and output.is_file():
+                ends.append(output.stat().st_mtime)
+                starts.append(ends[-1] - run.timings[key])
+    if not ends:
+        return []
+    return [f"- As these runs were made, their steps spanned {minutes(max(ends) - min(starts))} "
+            "of wall clock, from the first step's start to the last step's end."]
 
 
 def workloads_table(collected: Collected, provenance: Provenance) -> list[str]:
@@ -127,6 +149,8 @@ def workloads_table(collected: Collected, provenance: Provenance) -> list[str]:
 
 
 def minutes(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
