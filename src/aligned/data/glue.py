@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-import lightning as L
 import torch
 from omegaconf import OmegaConf
 from torch.nn.utils.rnn import pad_sequence
@@ -26,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling
+from aligned.data.split_loaders import SPLITS, SplitLoaders
 
 HUB_DATASET = "nyu-mll/glue"
-SPLITS = ("train", "val", "test")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 
@@ -355,7 +354,7 @@ class PadToLongest:
         return batch
 
 
-class GlueDataModule(L.LightningDataModule):
+class GlueDataModule(SplitLoaders):
     """A GLUE task, tokenised once by the backbone's tokenizer, in dynamically padded batches.
 
     Sources: ``{data_dir}/{task}/train.tsv`` and the dev files in the layout of GLUE's download
@@ -466,22 +465,13 @@ class GlueDataModule(L.LightningDataModule):
             f"directory holding {self.task}/{{{files}}} in the standard GLUE TSV layout."
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader(self, split: str) -> DataLoader:
         if split not in self.splits:
             self.setup()
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
-            **shuffling(self.splits[split], shuffle),
+            **shuffling(self.splits[split], split == "train"),
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

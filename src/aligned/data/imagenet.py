@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
@@ -22,6 +21,7 @@ from torchvision.datasets.folder import pil_loader
 
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling, split_fraction
+from aligned.data.split_loaders import SplitLoaders
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -125,7 +125,7 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitLoaders):
     """ImageNet (or any ``{data_dir}/{train,val}/<class>/<image>`` tree) as 3xHxW images.
 
     ImageNet's test labels are not public, so the official ``val/`` images are the test split
@@ -245,12 +245,3 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.splits[split], self.batch_size, self.num_workers, self.pin_memory,
             shuffle=split == "train",
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")

