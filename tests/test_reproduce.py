@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +162,19 @@ def made_up(workload: str, loss: str, seed: int, accuracy: list[float], early: f
                            for d, a in (curve or [(size, accuracy[-1])])]}}},
     }
     return RunResult(workload, loss, seed, {}, evaluation, benchmark, extra, Path("."))
+
+
+@pytest.mark.parametrize("first", ["", "import lightning.pytorch; "])
+def test_a_lightning_message_prints_once_with_its_logger_name(first):
+    # Lightning's loggers get console handlers of their own at import: 'lightning' one that
+    # also propagates to the root's (each message printed twice in the workers' logs), and
+    # 'lightning.pytorch' one that does not propagate if it is imported before any logging set-up.
+    script = (f"{first}import logging; from aligned.reproduce.runs import log_to_console; "
+              "log_to_console(); "
+              "logging.getLogger('lightning.pytorch.utilities.rank_zero').info('GPU available')")
+    printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True).stderr
+    assert printed.splitlines() == ["lightning.pytorch.utilities.rank_zero: GPU available"]
 
 
 def test_verdicts_follow_the_rules_written_beside_them():

@@ -29,6 +29,7 @@ from aligned.reproduce.runs import (
     RunSpec,
     compose_config,
     execute_all,
+    log_to_console,
 )
 from aligned.reproduce.workloads import LOSSES, SCALES, WORKLOADS, Scale, find
 
@@ -182,7 +183,7 @@ def reproduce(argv: list[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    log_to_console()
     try:
         reproduce(argv)
     except ConfigError as error:

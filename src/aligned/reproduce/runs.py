@@ -200,7 +200,22 @@ def execute_all(specs: list[RunSpec], rounds: int, round_seconds: float, jobs: i
 def start_job(threads: int) -> None:
     """A worker process of ``execute_all``: its share of the cores, and the parent's log format."""
     torch.set_num_threads(threads)
+    log_to_console()
+
+
+def log_to_console() -> None:
+    """Each message once, as ``<logger>: <message>``, through the root's handler. Importing
+    Lightning gives its 'lightning' logger a console handler of its own that also propagates
+    to the root's (each message twice), and 'lightning.pytorch' one that does not propagate
+    when the root had no handler yet (no logger name); both go."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    import lightning  # noqa: F401  (the import that adds the handlers removed here)
+
+    for name in ("lightning", "lightning.pytorch"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def timed(record: dict[str, Any], key: str, step):
