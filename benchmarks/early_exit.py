@@ -79,10 +79,18 @@ def slices(loader: Any, batch_size: int) -> list[Any]:
 def time_rounds(runs: dict[str, Callable[[], None]], rounds: int,
                 min_seconds: float = 0.5, synchronize: Callable[[], None] = lambda: None
                 ) -> dict[str, float]:
-    """Median seconds per run, interleaved so that drift in machine load hits all equally. In a
-    round, a short run repeats ⌈``min_seconds`` / its time⌉ times (digits at batch 64: a pass
-    takes ~40 ms), so that scheduler noise averages out within the round. ``synchronize``
-    waits for a GPU's queued work, so a round times the work, not its launch."""
+    """Median seconds per run over ``round_times``' rounds."""
+    times = round_times(runs, rounds, min_seconds, synchronize)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def round_times(runs: dict[str, Callable[[], None]], rounds: int,
+                min_seconds: float = 0.5, synchronize: Callable[[], None] = lambda: None
+                ) -> dict[str, list[float]]:
+    """Seconds per run in each round, interleaved so that drift in machine load hits all
+    equally. In a round, a short run repeats ⌈``min_seconds`` / its time⌉ times (digits at
+    batch 64: a pass takes ~40 ms), so that scheduler noise averages out within the round.
+    ``synchronize`` waits for a GPU's queued work, so a round times the work, not its launch."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     repeats = {}
     for name, run in runs.items():
@@ -99,7 +107,12 @@ def time_rounds(runs: dict[str, Callable[[], None]], rounds: int,
                 run()
             synchronize()
             times[name].append((time.perf_counter() - start) / repeats[name])
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def speedups(times: dict[str, list[float]], run: str) -> list[float]:
+    """The full forward's time over ``run``'s, round by round (a round times both in turn)."""
+    return [full / t for full, t in zip(times["full"], times[run], strict=True)]
 
 
 def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace,
@@ -133,14 +146,17 @@ def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace,
                 if args.stream > 1:
                     runs[f"{rule_name} stream"] = lambda p=pooled, bs=stream: p.run(bs)
         with torch.inference_mode():
-            seconds = time_rounds(runs, args.rounds, min_seconds=args.round_seconds,
-                                  synchronize=placement.synchronize)
+            times = round_times(runs, args.rounds, min_seconds=args.round_seconds,
+                                synchronize=placement.synchronize)
+        seconds = {name: statistics.median(values) for name, values in times.items()}
         for row in rows:
             row[f"measured_bs{batch_size}"] = seconds["full"] / seconds[row["rule"]]
+            row[f"rounds_bs{batch_size}"] = speedups(times, row["rule"])
             row[f"full_ms_bs{batch_size}"] = 1000 * seconds["full"]
             if batch_size > 1:
                 pooled_s = seconds[f"{row['rule']} pooled"]
                 row[f"measured_bs{batch_size}_pooled"] = seconds["full"] / pooled_s
+                row[f"rounds_bs{batch_size}_pooled"] = speedups(times, f"{row['rule']} pooled")
                 if args.stream > 1:
                     row[f"measured_bs{batch_size}_stream"] = (
                         seconds["full stream"] / seconds[f"{row['rule']} stream"])

@@ -103,3 +103,13 @@ def test_evaluate_py_on_a_run_directory_prints_one_line_and_exits_2(tmp_path):
     assert errors == [f"Error: Checkpoint '{run}' is a run directory, not a checkpoint file; "
                       f"pass the file: ckpt_path={run / 'checkpoints' / 'last.ckpt'} "
                       "(checkpoints/ also holds epoch002.ckpt)."]
+
+
+def test_the_rounds_interleave_the_runs_and_keep_each_rounds_time():
+    calls = []
+    runs = {name: (lambda n=name: calls.append(n)) for name in ("full", "rule")}
+    times = benchmark.round_times(runs, rounds=3, min_seconds=0)
+    assert {name: len(values) for name, values in times.items()} == {"full": 3, "rule": 3}
+    assert calls[4:] == ["full", "rule"] * 3  # after each run's warm-up and probe: alternating
+    medians = benchmark.time_rounds(runs, rounds=3, min_seconds=0)
+    assert set(medians) == {"full", "rule"} and all(t >= 0 for t in medians.values())

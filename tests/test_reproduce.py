@@ -22,7 +22,7 @@ from aligned.reproduce.__main__ import main, reproduce
 from aligned.reproduce.collected import Collected
 from aligned.reproduce.runs import RunResult
 
-VERDICTS = (claims.HOLDS, claims.PARTLY, claims.FAILS, claims.UNMEASURED)
+VERDICTS = (claims.HOLDS, claims.PARTLY, claims.FAILS, claims.UNMEASURED, claims.UNDECIDED)
 # 3 blocks (COS/CKA need 3 off-diagonal entries), a couple of batches: seconds per run.
 MICRO = ["--override", "model.depth=3", "model.embed_dim=16", "model.num_heads=2",
          "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
@@ -69,6 +69,12 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
     assert sorted(p.parent.relative_to(tmp_path / "runs").as_posix()
                   for p in (tmp_path / "runs").rglob("benchmark.json")) == [
         "vit_mnist/aligned/seed0", "vit_mnist/aligned/seed1"]
+    rows = json.loads((tmp_path / "runs" / "vit_mnist" / "aligned" / "seed0" / "benchmark.json"
+                       ).read_text())["rows"]
+    assert rows and all(len(row["rounds_bs1"]) == len(row["rounds_bs64_pooled"]) == 1
+                        for row in rows)  # each round's speed-up, one round asked
+    # One round shows no spread, so the timing claim is left open rather than decided by noise.
+    assert f"**Verdict: {claims.UNDECIDED}.**" in text.split("## 10. ")[1]
     record = json.loads((run_dirs[0] / "reproduce.json").read_text())
     assert set(record["timings"]) >= {"train_s", "evaluate_s"}
     written = {p: p.stat().st_mtime_ns for d in run_dirs for p in d.rglob("*") if p.is_file()}
@@ -87,6 +93,18 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
     changed = [p for p in written if unchanged[p] != written[p] and p.name != "reproduce.json"]
     assert not changed
     assert capsys.readouterr().out.count("train reused, evaluate reused") == 8
+    # A benchmark.json whose rows lack their rounds (written before the spread decided claim
+    # 10) is timed again; nothing else is.
+    stored = tmp_path / "runs" / "vit_mnist" / "aligned" / "seed0" / "benchmark.json"
+    old = json.loads(stored.read_text())
+    old["rows"] = [{k: v for k, v in row.items() if not k.startswith("rounds_")}
+                   for row in old["rows"]]
+    stored.write_text(json.dumps(old))
+    timed_again = []
+    monkeypatch.setattr(runs, "benchmark_run",
+                        lambda spec, *a: timed_again.append(spec.seed) or rows)
+    reproduce(args)
+    assert timed_again == [0]
 
 
 def duration(text: str, before: str) -> float:
@@ -204,16 +222,54 @@ def test_verdicts_follow_the_rules_written_beside_them():
     assert outcome["speedup"][1] == claims.UNMEASURED  # nothing was benchmarked
 
 
-def test_the_speedup_rule_needs_pooled_at_080_of_predicted_and_batch1_above_1():
-    def with_rows(pooled: float, batch1: float) -> str:
-        row = {"rule": "confidence", "speedup": 2.0, "measured_bs1": batch1,
-               "measured_bs64": 1.8, "measured_bs64_pooled": pooled}
-        run = made_up("a", "aligned", 0, [0.8, 0.9], benchmark=[row])
-        return claims.early_exit_speedup(Collected([run], {})).verdict
+def speedup_verdict(pooled: list[float], batch1: list[float], predicted: float = 2.0) -> str:
+    """Claim 10's verdict on one benchmarked run whose rounds measured these speed-ups."""
+    row = {"rule": "confidence", "speedup": predicted, "measured_bs1": float(np.median(batch1)),
+           "rounds_bs1": batch1, "measured_bs64": 1.8,
+           "measured_bs64_pooled": float(np.median(pooled)), "rounds_bs64_pooled": pooled}
+    run = made_up("a", "aligned", 0, [0.8, 0.9], benchmark=[row])
+    return claims.early_exit_speedup(Collected([run], {})).verdict
 
-    assert with_rows(pooled=1.7, batch1=1.1) == claims.HOLDS  # 0.85 of 2.0
-    assert with_rows(pooled=1.5, batch1=1.1) == claims.FAILS  # 0.75
-    assert with_rows(pooled=1.7, batch1=0.9) == claims.FAILS
+
+def test_the_speedup_rule_needs_pooled_at_080_of_predicted_and_batch1_above_1():
+    assert speedup_verdict(pooled=[1.7] * 3, batch1=[1.1] * 3) == claims.HOLDS  # 0.85 of 2.0
+    assert speedup_verdict(pooled=[1.5] * 3, batch1=[1.1] * 3) == claims.FAILS  # 0.75
+    assert speedup_verdict(pooled=[1.7] * 3, batch1=[0.9] * 3) == claims.FAILS
+
+
+def test_a_timing_whose_rounds_straddle_its_threshold_leaves_the_verdict_open():
+    # Batch 1's rounds at 0.97..1.04: faster than the full forward, or not, within noise.
+    assert speedup_verdict(pooled=[1.7, 1.75, 1.8], batch1=[0.97, 1.0, 1.04]) == claims.UNDECIDED
+    assert speedup_verdict(pooled=[1.5, 1.62, 1.7], batch1=[1.1] * 3) == claims.UNDECIDED
+    # A clear failure decides however the noisy figure would have come out.
+    assert speedup_verdict(pooled=[1.0, 1.1, 1.2], batch1=[0.97, 1.0, 1.04]) == claims.FAILS
+    # One or two rounds show no spread: too few to decide a timing.
+    assert speedup_verdict(pooled=[1.7, 1.8], batch1=[1.2, 1.3]) == claims.UNDECIDED
+    run = made_up("a", "aligned", 0, [0.8, 0.9], benchmark=[{  # rows without their rounds
+        "rule": "confidence", "speedup": 2.0, "measured_bs1": 1.5, "measured_bs64": 1.8,
+        "measured_bs64_pooled": 1.8}])
+    assert claims.early_exit_speedup(Collected([run], {})).verdict == claims.UNDECIDED
+
+
+def test_an_open_outcome_decides_the_verdict_only_where_both_ways_agree():
+    noise = claims.WITHIN_NOISE
+    assert claims.verdict_of({"a": True, "b": False, "c": noise}) == claims.PARTLY
+    assert claims.verdict_of({"a": True, "b": noise}) == claims.UNDECIDED  # holds or partly
+    assert claims.verdict_of({"a": False, "b": noise}) == claims.UNDECIDED  # partly or fails
+    assert claims.verdict_of({"a": noise, "b": None}) == claims.UNDECIDED
+    assert claims.all_passed([True, noise]) == noise
+    assert claims.all_passed([False, noise]) is False
+    assert claims.all_passed([True, True]) is True
+
+
+def test_the_report_shows_paths_from_the_checkout_so_it_names_no_machines_directories():
+    from aligned.reproduce.report import shown, shown_override
+
+    assert shown(runs.REPO / "outputs" / "reproduce" / "default") == "outputs/reproduce/default"
+    glue = runs.REPO.parent / "shared" / "data" / "glue"
+    assert shown_override(f"data.data_dir={glue}") == "data.data_dir=../shared/data/glue"
+    assert shown_override("data.train_subset=8000") == "data.train_subset=8000"
+    assert shown(Path("/elsewhere/runs")) == "/elsewhere/runs"  # not beside the checkout
 
 
 def test_banded_fraction_counts_steps_away_from_the_diagonal():

@@ -2,9 +2,10 @@
 per-workload test and a verdict decided by the rule written beside it.
 
 Every claim states a test that one workload passes or fails (None: that workload lacks the
-runs the test needs). The verdict is the same function of those outcomes for every claim:
-holds when every measured workload passes, partly when some do, does not hold at this scale
-when none does, not measured when no workload has the runs.
+runs the test needs; WITHIN_NOISE: a timed test whose threshold lies inside its rounds'
+spread). The verdict is the same function of those outcomes for every claim: holds when every
+measured workload passes, partly when some do, does not hold at this scale when none does, not
+measured when no workload has the runs, not decided when it hangs on a test within noise.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from aligned.early_exit.parameter_count import shared_head_saving
 from aligned.reproduce.collected import Collected, mean, pm
 
 HOLDS, PARTLY, FAILS, UNMEASURED = "holds", "partly", "does not hold at this scale", "not measured"
+UNDECIDED = "not decided at this precision"
 VERDICT_RULE = ("holds: the test passes on every workload measured; partly: on some; does not "
-                "hold at this scale: on none; not measured: no workload has the runs it needs")
+                "hold at this scale: on none; not measured: no workload has the runs it needs; "
+                f"{UNDECIDED}: the verdict would change with a timed test that is within its "
+                "rounds' noise of its threshold")
+WITHIN_NOISE = "within noise"  # a test outcome: neither passed nor failed at this precision
+Outcome = bool | str | None  # passed, WITHIN_NOISE, or None (not measurable)
 SHARED_HEAD = ("standard", "aligned")  # the losses whose every layer reads the one head
 
 
@@ -34,7 +40,7 @@ class Claim:
     statement: str  # what the paper claims, in our words
     rule: str  # the per-workload test
     table: list[str]  # markdown lines
-    outcomes: dict[str, bool | None]  # per workload: passed, failed, or not measurable
+    outcomes: dict[str, Outcome]  # per workload: passed, failed, within noise, or None
     figures: list[str] = field(default_factory=list)  # figure kinds (report.FIGURES)
     note: str = ""
 
@@ -43,13 +49,23 @@ class Claim:
         return verdict_of(self.outcomes)
 
 
-def verdict_of(outcomes: dict[str, bool | None]) -> str:
-    measured = [passed for passed in outcomes.values() if passed is not None]
+def verdict_of(outcomes: dict[str, Outcome]) -> str:
+    measured = [outcome for outcome in outcomes.values() if outcome is not None]
     if not measured:
         return UNMEASURED
+    passes, fails = True in measured, False in measured
+    if WITHIN_NOISE in measured:  # decided only where either way out gives the same verdict
+        return PARTLY if passes and fails else UNDECIDED
     if all(measured):
         return HOLDS
-    return PARTLY if any(measured) else FAILS
+    return PARTLY if passes else FAILS
+
+
+def all_passed(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for tests that must all pass: a failure fails, noise leaves it open."""
+    if False in outcomes:
+        return False
+    return WITHIN_NOISE if WITHIN_NOISE in outcomes else True
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -57,8 +73,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-def passed(outcome: bool | None) -> str:
-    return {True: "pass", False: "fail", None: "not measured"}[outcome]
+def passed(outcome: Outcome) -> str:
+    return {True: "pass", False: "fail", None: "not measured", WITHIN_NOISE: WITHIN_NOISE}[outcome]
 
 
 def nan_to_fail(value: float, test: Callable[[float], bool]) -> bool:
@@ -387,6 +403,25 @@ def parameter_savings(collected: Collected) -> Claim:
 # -- 10. Measured early-exit speed-up against the predicted one --------------------------------
 
 POOLED_RATIO_MIN = 0.8  # the issue's figure: batch 64 pooled at >= 0.8 of L / mean exit layer
+MIN_ROUNDS = 3  # a timing decided from fewer rounds has no measure of its noise
+
+
+def timed_test(low: float, high: float, rounds: int, passes: Callable[[float], bool]) -> Outcome:
+    """Pass or fail when the rounds' whole spread [low, high] is on one side of the threshold;
+    within noise when it straddles it, or when too few rounds were timed to see the spread."""
+    if rounds < MIN_ROUNDS:
+        return WITHIN_NOISE
+    if passes(low) and passes(high):
+        return True
+    return WITHIN_NOISE if passes(low) or passes(high) else False
+
+
+def round_spread(entries: list[dict], key: str, scale: list[float]) -> tuple[float, float, int]:
+    """Over seeds, the mean of each seed's slowest and fastest round of ``key`` (each over its
+    ``scale``), and the fewest rounds any seed timed (rows without rounds: their median, 1)."""
+    rounds = [[r / s for r in e.get(f"rounds_{key}", [e[f"measured_{key}"]])]
+              for e, s in zip(entries, scale, strict=True)]
+    return mean(min(r) for r in rounds), mean(max(r) for r in rounds), min(map(len, rounds))
 
 
 def early_exit_speedup(collected: Collected) -> Claim:
@@ -405,13 +440,18 @@ def early_exit_speedup(collected: Collected) -> Claim:
             batch1 = [e["measured_bs1"] for e in entries]
             pooled = [e["measured_bs64_pooled"] for e in entries]
             ratio = [p / e["speedup"] for p, e in zip(pooled, entries, strict=True)]
-            test = mean(ratio) >= POOLED_RATIO_MIN and mean(batch1) > 1
+            low1, high1, rounds1 = round_spread(entries, "bs1", [1.0] * len(entries))
+            low64, high64, rounds64 = round_spread(entries, "bs64_pooled", predicted)
+            test = all_passed([
+                timed_test(low64, high64, rounds64, lambda r: r >= POOLED_RATIO_MIN),
+                timed_test(low1, high1, rounds1, lambda s: s > 1)])
             tests.append(test)
             rows.append([title(collected, workload), rule, pm(predicted, digits=2),
-                         pm(batch1, digits=2), pm([e["measured_bs64"] for e in entries],
-                                                  digits=2),
-                         pm(pooled, digits=2), pm(ratio, digits=2), passed(test)])
-        outcomes[workload] = all(tests)
+                         pm(batch1, digits=2), f"{low1:.2f}–{high1:.2f}",
+                         pm([e["measured_bs64"] for e in entries], digits=2),
+                         pm(pooled, digits=2), pm(ratio, digits=2), f"{low64:.2f}–{high64:.2f}",
+                         str(min(rounds1, rounds64)), passed(test)])
+        outcomes[workload] = all_passed(tests)
     return Claim(
         "speedup", "Measured early-exit speed-up against the predicted one",
         "Exiting early saves compute in proportion to the layers skipped: the predicted speed-up "
@@ -420,9 +460,13 @@ def early_exit_speedup(collected: Collected) -> Claim:
         f"thread, median of interleaved rounds), for every exit rule at its operating point "
         f"chosen on val, averaged over seeds: batch 64 pooled reaches at least "
         f"{POOLED_RATIO_MIN} of the predicted speed-up, and batch 1 is faster than the full "
-        "forward (measured > 1).",
-        table(["workload", "exit rule", "predicted", "measured batch 1", "batch 64 per batch",
-               "batch 64 pooled", "pooled / predicted", "test"], rows), outcomes,
+        "forward (measured > 1). Each figure is decided by its rounds' spread (over seeds, the "
+        "mean of each seed's slowest and fastest round): pass or fail when the whole spread is "
+        f"on one side of the threshold, {WITHIN_NOISE} when it straddles it or fewer than "
+        f"{MIN_ROUNDS} rounds were timed.",
+        table(["workload", "exit rule", "predicted", "measured batch 1", "batch 1 rounds",
+               "batch 64 per batch", "batch 64 pooled", "pooled / predicted",
+               "pooled / predicted rounds", "rounds", "test"], rows), outcomes,
         figures=["speedup"])
 
 

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 from aligned.reproduce.claims import VERDICT_RULE, Claim, all_losses, intermediate_mean  # noqa: E402
 from aligned.reproduce.collected import Collected, mean_std, pm  # noqa: E402
+from aligned.reproduce.runs import REPO  # noqa: E402
 
 
 @dataclass
@@ -100,7 +101,7 @@ def provenance_lines(collected: Collected, provenance: Provenance) -> list[str]:
         f"- Scale `{provenance.scale}`: {provenance.scale_description}.",
         f"- {len(runs)} runs ({len(collected.workloads)} workloads × "
         f"{len(all_losses(collected))} losses × {len(provenance.seeds)} seeds: "
-        f"{', '.join(map(str, provenance.seeds))}) under `{provenance.root}`; "
+        f"{', '.join(map(str, provenance.seeds))}) under `{shown(provenance.root)}`; "
         f"{provenance.trained} trained by this invocation, {len(runs) - provenance.trained} "
         "reused.",
         f"- This invocation took {minutes(provenance.wall_s)} (wall clock). The recorded wall "
@@ -113,6 +114,22 @@ def provenance_lines(collected: Collected, provenance: Provenance) -> list[str]:
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
         f"torch {torch.__version__}.",
     ]
+
+
+def shown(path: Path | str) -> str:
+    """A path as the report shows it: from the checkout (``outputs/...``, ``../shared/...``)
+    when it lies in or beside it, so the report names no one machine's directories."""
+    path = Path(path)
+    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+        if path.is_absolute() and path.is_relative_to(base) and base != Path(base.anchor):
+            return prefix + path.relative_to(base).as_posix()
+    return str(path)
+
+
+def shown_override(override: str) -> str:
+    """``key=<absolute path>`` with the path ``shown``; other overrides as they are."""
+    key, equals, value = override.partition("=")
+    return f"{key}={shown(value)}" if equals and value.startswith("/") else override
 
 
 # Where each step leaves its output: the file's modification time is when the step ended.
@@ -141,7 +158,7 @@ def workloads_table(collected: Collected, provenance: Provenance) -> list[str]:
     aside), so any run can be repeated by hand with python train.py."""
     rows = []
     for workload in collected.workloads:
-        overrides = provenance.overrides.get(workload, ())
+        overrides = [shown_override(o) for o in provenance.overrides.get(workload, ())]
         rows.append(f"| {workload} | {collected.titles.get(workload, workload)} | "
                     f"`{' '.join(overrides)}` |")
     return ["| workload | what | python train.py overrides (besides loss= and seed=) |",
