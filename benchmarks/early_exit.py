@@ -8,7 +8,8 @@ full-depth val accuracy); then, on the test split, the full forward (all blocks,
 last layer only) and the early-exit inference at that operating point (blocks on the survivors
 only, the read-out and exit head after every block) are timed in interleaved rounds, median
 round reported (a round repeats a short run to last about 0.5 s). Predicted speed-up =
-L / mean exit layer; measured = full time / early-exit time.
+L / mean exit layer; measured = full time / early-exit time, the median over rounds of each
+round's ratio.
 Batches are slices of the test loader's batches (text keeps that batch's padding).
 
 Two early-exit modes at batch sizes > 1: ``per batch`` (each batch on its own: later blocks run
@@ -150,13 +151,15 @@ def benchmark(model: LoadedCheckpoint, name: str, args: argparse.Namespace,
                                 synchronize=placement.synchronize)
         seconds = {name: statistics.median(values) for name, values in times.items()}
         for row in rows:
-            row[f"measured_bs{batch_size}"] = seconds["full"] / seconds[row["rule"]]
+            # The median of the rounds' speed-ups: each round's pair timed close together, so
+            # load that comes and goes between rounds cancels in the ratio.
             row[f"rounds_bs{batch_size}"] = speedups(times, row["rule"])
+            row[f"measured_bs{batch_size}"] = statistics.median(row[f"rounds_bs{batch_size}"])
             row[f"full_ms_bs{batch_size}"] = 1000 * seconds["full"]
             if batch_size > 1:
-                pooled_s = seconds[f"{row['rule']} pooled"]
-                row[f"measured_bs{batch_size}_pooled"] = seconds["full"] / pooled_s
-                row[f"rounds_bs{batch_size}_pooled"] = speedups(times, f"{row['rule']} pooled")
+                pooled = speedups(times, f"{row['rule']} pooled")
+                row[f"rounds_bs{batch_size}_pooled"] = pooled
+                row[f"measured_bs{batch_size}_pooled"] = statistics.median(pooled)
                 if args.stream > 1:
                     row[f"measured_bs{batch_size}_stream"] = (
                         seconds["full stream"] / seconds[f"{row['rule']} stream"])
