@@ -72,7 +72,7 @@ SCALES = {s.name: s for s in (
     Scale(
         "quick",
         "a smoke run: the same workloads cut short (digits 10 epochs, MNIST 6, SST-2 400 "
-        "sentences, BBC News 160 articles at 64 tokens), 1 seed, the benchmark's 5 rounds",
+        "sentences, BBC News 160 articles at 64 tokens), 1 seed",
         # MNIST at 6 epochs, not fewer: at 2 or 4 (25-29% test accuracy) every exit rule's
         # operating point is layer 1, where the timing sits within noise of its threshold.
         {"vit_digits": ("trainer.max_epochs=10",),
@@ -80,7 +80,6 @@ SCALES = {s.name: s for s in (
          "minilm_sst2": ("data.train_subset=400",),
          "minilm_bbc": ("data.train_subset=160", "data.max_length=64", "trainer.max_epochs=1")},
         seeds=(0,),
-        benchmark_rounds=5,  # the quartiles of 5 rounds: one disturbed round moves neither
     ),
     Scale(
         "paper",
