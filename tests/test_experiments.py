@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from causal_lm_helpers import save_tiny_lm, write_corpus
 from conftest import CONF, compose_train
 from test_bbc_news_data import use_bbc_tree, write_bbc_tree
 from test_evaluate import run_evaluate
@@ -93,6 +94,12 @@ def stand_ins(name: str, root: Path, monkeypatch) -> list[str]:
     if name == "minilm_bbc":  # the real MiniLM, a tiny corpus in the package's layout
         use_bbc_tree(monkeypatch, write_bbc_tree(root / "bbcnews" / "data"))
         return ["data.batch_size=4", "data.max_length=32"]
+    if name == "gpt2_wikitext103":  # a tiny random GPT-2 on .txt files for the hub's
+        lm, corpus = save_tiny_lm(root / "gpt2", layers=2), write_corpus(root / "corpus", 30)
+        return [f"model.name_or_path={lm}", f"data.source={corpus}",
+                f"data.cache_dir={root / 'cache'}", "data.max_length=16", "data.batch_size=4",
+                "data.eval_batch_size=4", "+data.val_fraction=0.2", "+data.test_fraction=0.2",
+                "trainer.max_steps=2", "trainer.accumulate_grad_batches=1"]
     raise AssertionError(f"add tiny stand-ins for the new experiment config '{name}'")
 
 
@@ -101,7 +108,7 @@ EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 
 def test_the_paper_setups_have_experiment_configs():
     assert {"deit_s_cifar10", "deit_s_cifar100", "vit_imagenet", "bert_glue",
-            "minilm_sst2"} <= set(EXPERIMENTS)
+            "minilm_sst2", "gpt2_wikitext103"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
