@@ -6,10 +6,10 @@ Trains nothing. For each checkpoint: the exit rules are swept on val and each ru
 point is chosen there (as ``evaluate.py`` does: smallest mean exit layer within --max-drop of
 full-depth val accuracy); then, on the test split, the full forward (all blocks, the head on the
 last layer only) and the early-exit inference at that operating point (blocks on the survivors
-only, the read-out and exit head after every block) are timed in interleaved rounds, median
-round reported (a round repeats a short run to last about 0.5 s). Predicted speed-up =
-L / mean exit layer; measured = full time / early-exit time, the median over rounds of each
-round's ratio.
+only, the read-out and exit head after every block) are timed in interleaved rounds (a round
+repeats a short run to last about 0.5 s). Predicted speed-up = L / mean exit layer; measured =
+full time / early-exit time, the median over rounds of each round's ratio (every round's ratio
+is kept in the rows: ``rounds_bs1``, ``rounds_bs64_pooled``).
 Batches are slices of the test loader's batches (text keeps that batch's padding).
 
 Two early-exit modes at batch sizes > 1: ``per batch`` (each batch on its own: later blocks run

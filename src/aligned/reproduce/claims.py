@@ -470,8 +470,8 @@ def early_exit_speedup(collected: Collected) -> Claim:
         "Exiting early saves compute in proportion to the layers skipped: the predicted speed-up "
         "is L / mean exit layer.",
         f"On the aligned checkpoints the benchmark times (benchmarks/early_exit.py: 1 torch "
-        f"thread, median of interleaved rounds), for every exit rule at its operating point "
-        f"chosen on val, averaged over seeds: batch 64 pooled reaches at least "
+        f"thread, interleaved rounds, the median of their ratios), for every exit rule at its "
+        f"operating point chosen on val, averaged over seeds: batch 64 pooled reaches at least "
         f"{POOLED_RATIO_MIN} of the predicted speed-up, and batch 1 is faster than the full "
         "forward (measured > 1). Each figure is decided by its rounds' spread (over seeds, the "
         "mean of each seed's lower and upper quartile of its rounds): pass or fail when the "
