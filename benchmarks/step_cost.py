@@ -2,15 +2,18 @@
 on a causal LM (``--lm``: next-token loss over random token batches).
 
     python benchmarks/step_cost.py [--steps 300] [--batch-size 64]
-    python benchmarks/step_cost.py --lm smollm2 [--length 256] [--batch-size 8] [--device cuda]
+    python benchmarks/step_cost.py --lm smollm2 --batch-size 8 --length 256 [--device cuda]
     python benchmarks/step_cost.py --lm gpt2 --model-path <save_pretrained dir> [--multiexit]
+    python benchmarks/step_cost.py --lm llama --steps 20   # experiment=lm_bbc's model
 
 A step = forward through every layer, the objective's loss, backward, AdamW update. The
 objectives are timed in interleaved rounds so drift in machine load hits them equally; the
 median round is reported, with the plain timm forward + CE (no per-layer read-out) for reference
 (for an LM: Hugging Face's own forward with ``labels``, last layer only). An LM's aligned loss
-runs the LM head at every layer, one layer at a time and recomputed in backward
-(``feature_loss``); ``--multiexit`` adds the per-layer LM heads, (L-1)·V·D parameters.
+runs the LM head at every layer, one layer at a time (``feature_loss``: recomputed in backward
+when the logits exceed ``loss.logits_memory_mib``); ``--layers-per-step K ...`` times the sampled
+aligned loss beside it (K drawn hidden layers + the last each step, ``loss.layers_per_step``);
+``--multiexit`` adds the per-layer LM heads, (L-1)·V·D parameters.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def step_fn(system: LayerwiseClassifier, plain: bool):
 def lm_variants(args: argparse.Namespace) -> tuple[dict, dict]:
     """The LM's step functions (one backbone, an objective and an AdamW each) and a batch."""
     overrides = [f"model={args.lm}", "data=text"]
+    if args.lm == "llama":  # as experiment=lm_bbc builds it
+        overrides = ["experiment=lm_bbc"]
     if args.model_path:
         overrides.append(f"model.name_or_path={args.model_path}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -69,32 +74,37 @@ def lm_variants(args: argparse.Namespace) -> tuple[dict, dict]:
     backbone = system.backbone
     shape = {"num_layers": backbone.num_layers, "feature_dim": backbone.feature_dim,
              "num_classes": backbone.num_classes}
-    losses = ["standard", "aligned", *(["multiexit"] if args.multiexit else [])]
+    losses = {"loss=standard": ["loss=standard"], "loss=aligned": ["loss=aligned"]}
+    losses |= {f"loss=aligned layers_per_step={k}": ["loss=aligned", f"loss.layers_per_step={k}"]
+               for k in args.layers_per_step}
+    if args.multiexit:
+        losses["loss=multiexit"] = ["loss=multiexit"]
     objectives = {}
-    for loss in losses:
+    for name, loss in losses.items():
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            node = compose("train", overrides=[*overrides, f"loss={loss}"]).loss
-        objectives[loss] = build_target(node, **shape).to(args.device)
+            node = compose("train", overrides=[*overrides, *loss]).loss
+        objectives[name] = build_target(node, **shape).to(args.device)
 
     def step_fn(objective, plain: bool):
         parameters = [*backbone.parameters(), *(objective.parameters() if objective else [])]
         optimizer = torch.optim.AdamW(parameters, lr=1e-5)
 
+        steps = iter(range(10**9))
+
         def step(batch: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             if plain:  # Hugging Face's forward: logits of the last layer, CE inside
                 loss = backbone.model(**batch).loss
-            else:
+            else:  # a new step each call: layers_per_step draws anew, as in training
                 features, target = system.token_features(batch)  # (L, N, D), (N,)
-                loss = objective.feature_loss(features, backbone.head, target)
+                loss = objective.feature_loss(features, backbone.head, target, step=next(steps))
             loss.backward()
             optimizer.step()
 
         return step
 
     variants = {"HF forward + CE (reference)": step_fn(None, plain=True)}
-    variants |= {f"loss={loss}": step_fn(objective, plain=False)
-                 for loss, objective in objectives.items()}
+    variants |= {name: step_fn(objective, plain=False) for name, objective in objectives.items()}
     ids = torch.randint(0, backbone.num_classes, (args.batch_size, args.length),
                         generator=torch.Generator().manual_seed(0)).to(args.device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
@@ -109,10 +119,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lm", help="a causal-LM model config (gpt2, smollm2): time it instead")
+    parser.add_argument("--lm", help="a causal-LM model config (gpt2, smollm2, llama): time it "
+                        "instead")
     parser.add_argument("--model-path", help="with --lm: model.name_or_path (a local directory)")
     parser.add_argument("--length", type=int, default=256, help="with --lm: tokens per sequence")
     parser.add_argument("--multiexit", action="store_true", help="with --lm: time multiexit too")
+    parser.add_argument("--layers-per-step", type=int, nargs="*", default=[2], metavar="K",
+                        help="with --lm: time the sampled aligned loss with each K (default 2)")
     parser.add_argument("--device", default="cpu", help="with --lm: cpu or cuda")
     args = parser.parse_args()
     if args.lm:
@@ -155,10 +168,10 @@ def time_variants(variants: dict, inputs: tuple, args: argparse.Namespace) -> No
     standard = statistics.median(times["loss=standard"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.steps} steps x {args.rounds} rounds (median round)")
-    print(f"{'variant':<32} {'ms/step':>8} {'vs standard':>12}")
+    print(f"{'variant':<36} {'ms/step':>10} {'vs standard':>12} {'x standard':>10}")
     for name, values in times.items():
         ms = statistics.median(values)
-        print(f"{name:<32} {ms:8.2f} {100 * (ms / standard - 1):+11.1f}%")
+        print(f"{name:<36} {ms:10.2f} {100 * (ms / standard - 1):+11.1f}% {ms / standard:9.2f}x")
 
 
 if __name__ == "__main__":

@@ -94,13 +94,16 @@ def test_the_step_cost_benchmark_times_each_objective_on_an_lm(lm_and_corpus, mo
     spec.loader.exec_module(step_cost)
     lm, _ = lm_and_corpus
     monkeypatch.setattr(sys, "argv", ["step_cost.py", "--lm", "gpt2", "--model-path", str(lm),
-                                      "--multiexit", "--steps", "2", "--rounds", "1",
+                                      "--multiexit", "--layers-per-step", "1", "2",
+                                      "--steps", "2", "--rounds", "1",
                                       "--batch-size", "2", "--length", "8"])
     step_cost.main()
     printed = capsys.readouterr().out
     assert "GPT2LMHeadModel: 3 layers, width 32, vocabulary 28; batch 2 x 8 tokens" in printed
-    rows = {line.rsplit(maxsplit=2)[0]: float(line.split()[-2]) for line in printed.splitlines()
-            if line.startswith(("HF forward", "loss="))}
+    rows = {line.rsplit(maxsplit=3)[0]: line.rsplit(maxsplit=3)[1:]
+            for line in printed.splitlines() if line.startswith(("HF forward", "loss="))}
     assert set(rows) == {"HF forward + CE (reference)", "loss=standard", "loss=aligned",
+                         "loss=aligned layers_per_step=1", "loss=aligned layers_per_step=2",
                          "loss=multiexit"}
-    assert all(ms > 0 for ms in rows.values())
+    assert all(float(ms) > 0 for ms, _, _ in rows.values())
+    assert rows["loss=standard"][1:] == ["+0.0%", "1.00x"]

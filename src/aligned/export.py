@@ -5,6 +5,9 @@
 - BERT-family (HFEncoder): a Hugging Face directory (``save_pretrained``: config.json,
   model.safetensors, and the tokenizer when its files are on this machine), loadable with
   ``AutoModelForSequenceClassification.from_pretrained(<out dir>)``.
+- causal LMs (HFDecoder: GPT-2, LLaMA, SmolLM2, a model=llama built from scratch): a Hugging Face
+  directory loadable with ``AutoModelForCausalLM.from_pretrained(<out dir>)``, with the
+  tokenizer (a trained one is read from the checkpoint itself), so ``generate`` runs on it.
 - timm ViT (TimmViT): timm's own export (``timm.models.save_for_hf``: config.json with the
   architecture and its arguments, model.safetensors), loadable with
   ``timm.create_model("local-dir:<out dir>", pretrained=True)``.
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aligned.config import ConfigError, user_message
+from aligned.data.trained_tokenizer import checkpoint_tokenizer
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.system import LayerwiseClassifier
 
@@ -31,9 +35,10 @@ MULTIEXIT = "aligned.models.objectives.MultiExitObjective"
 
 
 def export_system(system: LayerwiseClassifier, out_dir: str | Path,
-                  tokenizer: str | None = None) -> str:
+                  tokenizer: Any | None = None) -> str:
     """Write ``system``'s backbone to ``out_dir`` in its library's format; returns the format
-    (transformers or timm)."""
+    (transformers or timm). ``tokenizer``: a tokenizer, or where to load one from."""
+    from aligned.models.backbones.hf_decoder import HFDecoder
     from aligned.models.backbones.hf_encoder import HFEncoder
     from aligned.models.backbones.timm_vit import TimmViT
 
@@ -42,7 +47,7 @@ def export_system(system: LayerwiseClassifier, out_dir: str | Path,
         raise ConfigError(f"Export directory '{out}' is not empty; give a new or empty one.")
     out.mkdir(parents=True, exist_ok=True)
     backbone = system.backbone
-    if isinstance(backbone, HFEncoder):
+    if isinstance(backbone, (HFEncoder, HFDecoder)):
         backbone.model.save_pretrained(out)
         if tokenizer is not None:
             save_tokenizer(tokenizer, out)
@@ -52,15 +57,18 @@ def export_system(system: LayerwiseClassifier, out_dir: str | Path,
 
         timm.models.save_for_hf(backbone.model, str(out), safe_serialization=True)
         return "timm"
-    raise ConfigError(f"Export supports HFEncoder and TimmViT backbones, not "
+    raise ConfigError(f"Export supports HFEncoder, HFDecoder and TimmViT backbones, not "
                       f"{type(backbone).__name__}.")
 
 
-def save_tokenizer(name_or_path: str, out: Path) -> None:
+def save_tokenizer(name_or_path: Any, out: Path) -> None:
     """The tokenizer beside the model, so the directory is complete; skipped with a warning
     when its files are not on this machine (the checkpoint stores the training machine's path)."""
     from transformers import AutoTokenizer
 
+    if not isinstance(name_or_path, str):  # a tokenizer itself (trained with the run)
+        name_or_path.save_pretrained(out)
+        return
     try:
         AutoTokenizer.from_pretrained(name_or_path).save_pretrained(out)
     except (OSError, ValueError) as error:
@@ -75,7 +83,7 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     checkpoint = read_checkpoint(ckpt_path, key="the checkpoint")
     system = load_system(checkpoint)
     run_config = checkpoint.get("run_config", {})
-    tokenizer = (run_config.get("data") or {}).get("tokenizer")
+    tokenizer = checkpoint_tokenizer(checkpoint) or (run_config.get("data") or {}).get("tokenizer")
     export_format = export_system(system, out_dir, tokenizer)
     loss = checkpoint["hyper_parameters"]["loss"]["_target_"]
     record = {
@@ -84,6 +92,7 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "num_layers": system.num_layers,
         "format": export_format,
         "shared_head": loss != MULTIEXIT,  # its classifier reads every layer
+        "causal_lm": system.next_token,
     }
     (Path(out_dir) / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -99,8 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         print(f"Error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
-    how = ("AutoModelForSequenceClassification.from_pretrained" if record["format"] ==
-           "transformers" else "timm.create_model('local-dir:...', pretrained=True)")
+    how = "timm.create_model('local-dir:...', pretrained=True)"
+    if record["format"] == "transformers":
+        how = ("AutoModelForCausalLM" if record["causal_lm"] else
+               "AutoModelForSequenceClassification") + ".from_pretrained"
     print(f"Exported {record['num_layers']} layers to {args.out_dir} ({record['format']}; load "
           f"with {how}).")
     if not record["shared_head"]:

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling, split_fraction
 from aligned.data.split_loaders import SPLITS, SplitLoaders
+from aligned.data.trained_tokenizer import cached_tokenizer, check_vocab_size, serialised
 from aligned.models.next_token import IGNORE
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ class PadWithLabels:
 class TextDataModule(SplitLoaders):
     """Causal-LM batches over a text source (see the module docstring), tokenised by the model's
     tokenizer (``tokenizer`` follows ``model.name_or_path``: a hub id, a directory, or a
-    ``.gguf`` file). Val and test batches hold ``eval_batch_size`` sequences."""
+    ``.gguf`` file) or, for a model built from scratch (``tokenizer: null``), by a byte-level
+    BPE of ``vocab_size`` tokens trained on the train split (``trained_tokenizer``), which the
+    run's checkpoints keep. Val and test batches hold ``eval_batch_size`` sequences."""
 
     inputs = "causal_text"  # token sequences with next-token labels; train.py pairs the model
     metrics = ("accuracy", "perplexity")  # per token; accuracy (next-token top-1) is the headline
@@ -106,7 +109,7 @@ class TextDataModule(SplitLoaders):
 
     def __init__(
         self,
-        tokenizer: str,
+        tokenizer: str | None,
         source: str = "bbc_news",
         max_length: int = 256,
         packing: bool = False,
@@ -117,9 +120,13 @@ class TextDataModule(SplitLoaders):
         split_seed: int = 0,
         cache_dir: str | None = "~/.cache/aligned/text",
         num_workers: int = 0,
+        vocab_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.tokenizer_name = str(tokenizer)
+        self.tokenizer_name = None if tokenizer is None else str(tokenizer)
+        # Only a tokenizer trained here reads vocab_size (a model's own has its vocabulary).
+        self.vocab_size = check_vocab_size(vocab_size) if tokenizer is None else vocab_size
+        self.trained_tokenizer: Any | None = None
         self.source = str(source)
         self.max_length = positive_int("data.max_length", max_length)
         if self.max_length < 2:
@@ -152,6 +159,8 @@ class TextDataModule(SplitLoaders):
             if cache is not None:
                 _save_atomically(stored, cache)
         self.pad_token_id = int(stored["pad_token_id"])
+        if self.tokenizer_name is None and self.trained_tokenizer is None:
+            self._trained()  # token ids from the cache: the tokenizer the checkpoints keep
         for split in SPLITS:
             ids, lengths = stored["splits"][split]
             self.splits[split] = TokenSequences(ids, lengths.tolist())
@@ -169,7 +178,8 @@ class TextDataModule(SplitLoaders):
 
     def _tokenise(self) -> dict[str, Any]:
         documents = self._documents()
-        tokenizer = load_tokenizer(self.tokenizer_name)
+        tokenizer = self._trained(documents) if self.tokenizer_name is None else load_tokenizer(
+            self.tokenizer_name)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0)
         splits, names = {}, {}
@@ -184,6 +194,34 @@ class TextDataModule(SplitLoaders):
             ids = torch.tensor([t for piece in pieces for t in piece], dtype=torch.int32)
             splits[split] = (ids, torch.tensor([len(piece) for piece in pieces]))
         return {"format": CACHE_FORMAT, "pad_token_id": pad, "splits": splits, "names": names}
+
+    def _trained(self, documents: dict[str, Documents] | None = None) -> Any:
+        """The byte-level BPE trained on the train split (cached beside the token ids)."""
+        if self.trained_tokenizer is None:
+            cache = self._cache_file("tokenizer", ".json")
+            if documents is None and not (cache is not None and cache.is_file()):
+                documents = self._documents()
+            texts = documents["train"].texts if documents is not None else []
+            self.trained_tokenizer = cached_tokenizer(texts, self.vocab_size, cache)
+        return self.trained_tokenizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning stores in every checkpoint: the trained tokenizer, so that a
+        checkpoint decodes text on its own (``trained_tokenizer.checkpoint_tokenizer``)."""
+        if self.trained_tokenizer is None:
+            return {}
+        return {"tokenizer": serialised(self.trained_tokenizer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("tokenizer")
+        if saved and self.tokenizer_name is None:
+            tokenizer = self._trained()
+            if serialised(tokenizer) != saved:  # trained on other text than the run's
+                raise ConfigError(
+                    "The tokenizer trained on this data differs from the one the checkpoint was "
+                    "trained with: data.source or its files changed since. Resume with the "
+                    "run's own text."
+                )
 
     def _documents(self) -> dict[str, Documents]:
         if self.source == "wikitext103":
@@ -210,20 +248,31 @@ class TextDataModule(SplitLoaders):
 
     # -- the cache ---------------------------------------------------------------------------
 
-    def _cache_file(self) -> Path | None:
+    def _cache_file(self, kind: str = "ids", suffix: str = ".pt") -> Path | None:
+        """The cache of the token ids (or, ``kind="tokenizer"``, of the trained tokenizer)."""
         if self.cache_dir is None:
             return None
+        tokenizer = _identity(self.tokenizer_name) if self.tokenizer_name is not None else [
+            "byte-level BPE", self.vocab_size, importlib.metadata.version("tokenizers")]
         key = {
+            "kind": kind,
             "format": CACHE_FORMAT,
-            "tokenizer": _identity(self.tokenizer_name),
+            "tokenizer": tokenizer,
             "source": source_identity(self.source),
             "max_length": self.max_length,
             "packing": self.packing,
             "split": [self.split_seed, self.val_fraction, self.test_fraction],
         }
+        if kind == "tokenizer":  # depends on the train split only
+            del key["max_length"], key["packing"]
+        else:
+            del key["kind"]  # the name token-id caches have always had
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        name = "-".join(_slug(part) for part in (self.source, self.tokenizer_name))
-        return self.cache_dir / f"{name}-{self.max_length}-{digest}.pt"
+        tokenizer_name = self.tokenizer_name or f"bpe{self.vocab_size}"
+        if kind == "tokenizer":
+            return self.cache_dir / f"{_slug(self.source)}-{tokenizer_name}-{digest}{suffix}"
+        name = "-".join(_slug(part) for part in (self.source, tokenizer_name))
+        return self.cache_dir / f"{name}-{self.max_length}-{digest}{suffix}"
 
     # -- loaders -----------------------------------------------------------------------------
 

@@ -102,6 +102,9 @@ def check_same_settings(cfg: DictConfig, checkpoint_path: Path) -> dict[str, Any
     current = OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, [k for k in (*TRAINED_SECTIONS, "trainer") if k in cfg]),
         resolve=True)
+    if isinstance(stored.get("loss"), dict) and "seed" in (current.get("loss") or {}):
+        # loss.seed (the draws of loss.layers_per_step) is the run's seed; older configs lack it.
+        stored = {**stored, "loss": {"seed": stored.get("seed"), **stored["loss"]}}
     before = flatten({k: filled(stored.get(k), k) for k in TRAINED_SECTIONS})
     now = flatten({k: filled(current.get(k), k) for k in TRAINED_SECTIONS})
     changed = sorted(key for key in before.keys() | now.keys()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -60,7 +61,8 @@ def _parts(model: nn.Module) -> DecoderParts:
 
 
 class HFDecoder(LayerwiseBackbone):
-    """A decoder-only ``*ForCausalLM`` from the hub, a local directory, or a ``.gguf`` file.
+    """A decoder-only ``*ForCausalLM`` from the hub, a local directory, or a ``.gguf`` file; or
+    built from scratch from ``architecture``, a Hugging Face config's keys (``model=llama``).
 
     The feature of layer l (1..L) is block l's output at every token; the shared head is the
     model's final norm then its LM head (``final_norm=true``, the logit lens), so on layer L it
@@ -78,12 +80,21 @@ class HFDecoder(LayerwiseBackbone):
     inputs = "causal_text"  # token sequences with next-token labels; train.py pairs data=text
     task = "causal_lm"  # the system predicts the next token at every position
 
-    def __init__(self, name_or_path: str, final_norm: bool = True, pretrained: bool = True,
-                 compile: bool = False, compile_backend: str = "inductor") -> None:
+    def __init__(self, name_or_path: str | None = None, final_norm: bool = True,
+                 pretrained: bool = True, compile: bool = False, compile_backend: str = "inductor",
+                 architecture: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.final_norm = final_norm
+        if (name_or_path is None) == (architecture is None):
+            raise ConfigError(
+                "Give the decoder either model.name_or_path (a hub id, a directory or a .gguf "
+                "file) or model.architecture (a Hugging Face config to build from scratch, e.g. "
+                "{model_type: llama, num_hidden_layers: 8, ...}), not "
+                f"{'both' if architecture is not None else 'neither'}."
+            )
         # from_pretrained returns eval mode; a fresh module trains (dropout on) like any other.
-        self.model = _load(name_or_path, pretrained).train()
+        self.model = (_load(name_or_path, pretrained) if architecture is None
+                      else from_architecture(architecture)).train()
         self.parts = _parts(self.model)
         self.num_layers = len(self.parts.blocks)
         if self.num_layers < 1:
@@ -254,6 +265,23 @@ def gguf_location(name_or_path: str) -> tuple[str, dict[str, str]]:
                               "model.name_or_path to a .gguf file, a model directory or a hub id.")
         return str(path.parent), {"gguf_file": path.name}
     return name_or_path, {}
+
+
+def from_architecture(architecture: Mapping[str, Any]) -> nn.Module:
+    """A randomly initialised causal LM from a Hugging Face config's keys (``model_type`` picks
+    the family: llama, gpt2), seeded by the run's seed as every other module."""
+    settings = dict(architecture)
+    model_type = settings.pop("model_type", None)
+    if model_type not in ("llama", "gpt2"):
+        raise ConfigError(f"model.architecture.model_type must be llama or gpt2 (the families "
+                          f"the layer-wise surface supports), got {model_type!r}.")
+    try:
+        config = AutoConfig.for_model(model_type, **settings)
+        return AutoModelForCausalLM.from_config(config)
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        reason = error.__cause__ or error  # the config's validators wrap their ValueError
+        raise ConfigError(f"model.architecture is not a valid {model_type} config "
+                          f"({str(reason).splitlines()[0][:300]}).") from None
 
 
 def _load(name_or_path: str, pretrained: bool) -> nn.Module:
