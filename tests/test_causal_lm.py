@@ -135,9 +135,10 @@ def test_the_layer_by_layer_loss_equals_the_stacked_one_with_its_gradients(token
             torch.testing.assert_close(layered_grad, stacked_grad)
 
 
-def test_the_aligned_loss_keeps_no_layers_logits_for_backward(token_features):
-    """Autograd saves the features, not the layers' (N, V) logits, which backward recomputes
-    one layer at a time: the memory of one layer's logits instead of L layers'."""
+def test_the_aligned_loss_keeps_logits_for_backward_only_within_its_memory_budget(
+        token_features):
+    """Beyond ``logits_memory_mib`` autograd saves the features, not the layers' (N, V) logits,
+    which backward recomputes one layer at a time; within it, each layer's logits are kept."""
     backbone, pairs, targets = token_features
     tokens = pairs.shape[1]
     saved_layers = []
@@ -147,17 +148,19 @@ def test_the_aligned_loss_keeps_no_layers_logits_for_backward(token_features):
             saved_layers.append(tensor.shape[0] // tokens)
         return tensor
 
-    objective = AlignedObjective(3, 32, vocab_size())
-    for layered in (True, False):
+    # kept: two saved (N, V) tensors a layer (cross-entropy's), as objectives.py counts them
+    for path, expected in (("recomputed", []), ("kept", [1] * 6), ("stacked", [3, 3])):
+        objective = AlignedObjective(3, 32, vocab_size(),
+                                     logits_memory_mib=0 if path == "recomputed" else 4096)
         features = pairs.clone().requires_grad_()
         saved_layers.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            if layered:
-                loss = objective.feature_loss(features, backbone.head, targets)
-            else:
+            if path == "stacked":
                 loss = objective(backbone.head(features), targets)
+            else:
+                loss = objective.feature_loss(features, backbone.head, targets)
         loss.backward()  # the saved tensors suffice
-        assert saved_layers == [] if layered else 3 in saved_layers
+        assert saved_layers == expected, path
 
 
 def test_multiexit_lm_heads_and_the_papers_gpt2_parameter_saving():

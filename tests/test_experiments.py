@@ -100,6 +100,15 @@ def stand_ins(name: str, root: Path, monkeypatch) -> list[str]:
                 f"data.cache_dir={root / 'cache'}", "data.max_length=16", "data.batch_size=4",
                 "data.eval_batch_size=4", "+data.val_fraction=0.2", "+data.test_fraction=0.2",
                 "trainer.max_steps=2", "trainer.accumulate_grad_batches=1"]
+    if name == "lm_bbc":  # a LLaMA built from scratch, its tokenizer trained on .txt files
+        corpus = write_corpus(root / "corpus", 30)
+        return [f"data.source={corpus}", f"data.cache_dir={root / 'cache'}",
+                "data.vocab_size=300", "data.max_length=16", "data.batch_size=4",
+                "data.eval_batch_size=4", "+data.val_fraction=0.2", "+data.test_fraction=0.2",
+                "model.architecture.num_hidden_layers=2", "model.architecture.hidden_size=32",
+                "model.architecture.intermediate_size=64",
+                "model.architecture.num_attention_heads=4",
+                "model.architecture.num_key_value_heads=2"]
     raise AssertionError(f"add tiny stand-ins for the new experiment config '{name}'")
 
 
