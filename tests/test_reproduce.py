@@ -136,6 +136,48 @@ def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
     assert evaluation["num_layers"] == 3 and "early_exit" not in evaluation
 
 
+def test_the_lm_workload_reports_the_papers_lm_figures_and_is_kept_for_later_reports(
+        tmp_path, one_thread):
+    """lm_bbc (a LLaMA from scratch, its tokenizer trained on .txt files here) with its four
+    losses, then a report regenerated for another workload alone still holds it: each
+    workload's runs are stored beside the report."""
+    from test_lm_from_scratch import TINY_LLAMA
+
+    corpus = write_corpus(tmp_path / "corpus", 30)
+    tiny = [f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.vocab_size=300", "data.max_length=16", "data.batch_size=4",
+            "data.eval_batch_size=8", "+data.val_fraction=0.2", "+data.test_fraction=0.2",
+            *TINY_LLAMA, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "logger=none", "+trainer.enable_model_summary=false"]
+    out = tmp_path / "report" / "REPRODUCTION.md"
+    common = ["--seeds", "0", "--root", str(tmp_path / "runs"), "--out", str(out)]
+    reproduce(["--workloads", "lm_bbc", *common, "--override", *(f"lm_bbc:{o}" for o in tiny)])
+    text = out.read_text()
+    assert "4 trained by this invocation" in text
+    lm = text.split("## 11. The paper's causal-LM figures")[1]
+    for loss in ("standard", "aligned", "multiexit", "alternating"):
+        assert f"| LLaMA from scratch on BBC News (next token, per token) | {loss} |" in lm
+    paper = "| (the paper: GPT-2, L = 12) | aligned | 12.7 | 28.8 | 34.4 | 34.9 | 43.4 | 47.7 |"
+    assert paper in lm
+    assert lm.count("| **") == 3  # the three tests, each with its outcome
+    assert re.search(r"\*\*Verdict: (.+)\.\*\*", lm).group(1) in VERDICTS
+    stored = json.loads((out.parent / "reproduction-runs" / "lm_bbc.json").read_text())
+    assert sorted(run["loss"] for run in stored["runs"]) == [
+        "aligned", "alternating", "multiexit", "standard"]
+    assert all(not Path(run["directory"]).is_absolute() for run in stored["runs"])
+
+    reproduce(["--workloads", "vit_digits", "--losses", "standard", "aligned", *common,
+               *MICRO])
+    again = out.read_text()
+    assert "2 trained by this invocation" in again
+    assert "Read from the runs stored by an earlier invocation" in again and "lm_bbc." in again
+    headline = again.split("## Headline")[1].split("| claim |")[0]
+    assert "| ViT on digits 8x8 | aligned | 1 |" in headline
+    lm_title = "LLaMA from scratch on BBC News (next token, per token)"
+    assert f"| {lm_title} | alternating | 1 |" in headline
+    assert again.split("## 11. ")[1].count("| **") == 3  # lm_bbc's tests, from its stored runs
+
+
 def duration(text: str, before: str) -> float:
     """Seconds of the report's '<before> 12 s' / '1.5 min' / '2.05 h'."""
     number, unit = re.search(rf"{before} ([\d.]+) (s|min|h)\b", text).groups()

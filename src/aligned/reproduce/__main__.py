@@ -20,8 +20,8 @@ from pathlib import Path
 
 from aligned.config import ConfigError, user_message
 from aligned.reproduce import claims as claim_functions
-from aligned.reproduce.collected import Collected
-from aligned.reproduce.report import Provenance, write_report
+from aligned.reproduce.collected import STORED_RUNS, Collected, load_runs, save_runs
+from aligned.reproduce.report import Provenance, shown, write_report
 from aligned.reproduce.runs import (
     BASE_OVERRIDES,
     REPO,
@@ -48,7 +48,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                       "default, else <root>/REPRODUCTION.md")
     parser.add_argument("--workloads", nargs="+", metavar="NAME",
                         help=f"default: the scale's; any of {', '.join(WORKLOADS)}")
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--losses", nargs="+", choices=LOSSES,
+                        help="default: each workload's (alternating only for the LM)")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the scale's")
     parser.add_argument("--glue-dir", default="../shared/data/glue",
                         help="GLUE in its TSV layout (SST-2/train.tsv, ...) for the GLUE workloads")
@@ -78,13 +79,12 @@ def plan(args: argparse.Namespace, scale: Scale, root: Path) -> list[RunSpec]:
     seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else scale.seeds))
     if any(seed < 0 for seed in seeds):
         raise ConfigError(f"--seeds must be integers of 0 or more, got {seeds}.")
-    losses = list(dict.fromkeys(args.losses))
     benchmarked = seeds[: scale.benchmark_seeds] if scale.benchmark_seeds else seeds
     specs = []
     for workload in workloads:
         data = [f"data.data_dir={glue_dir}"] if workload.glue else []
         for seed in seeds:
-            for loss in losses:
+            for loss in dict.fromkeys(args.losses or workload.losses):
                 run_overrides = (*workload.overrides, *data,
                                  *scale.workloads.get(workload.name, ()), *BASE_OVERRIDES,
                                  *overrides[workload.name], f"loss={loss}", f"seed={seed}")
@@ -164,20 +164,35 @@ def reproduce(argv: list[str] | None = None) -> Path:
               f"{steps}", flush=True)
 
     finished = execute_all(specs, rounds, args.benchmark_seconds, args.jobs, done)
-    collected = Collected(finished, {w.name: w.title for w in (s.workload for s in specs)})
+    # Each workload's runs are kept beside the report, so that a report regenerated for some
+    # workloads (--workloads) still holds the scale's others, as an earlier invocation made them.
+    chosen = list(dict.fromkeys(spec.workload.name for spec in specs))
+    stored = out.parent / STORED_RUNS
+    for name in chosen:
+        save_runs(stored / f"{name}.json", [run for run in finished if run.workload == name],
+                  root)
+    earlier = [run for name in scale.workloads if name not in chosen
+               for run in load_runs(stored / f"{name}.json", root)]
+    order = [*scale.workloads, *chosen]
+    everything = sorted([*finished, *earlier], key=lambda run: order.index(run.workload))
+    collected = Collected(everything, {name: WORKLOADS[name].title for name in order})
     claims = [claim(collected) for claim in claim_functions.CLAIMS]
     out.parent.mkdir(parents=True, exist_ok=True)
     provenance = Provenance(
         command=shlex.join(["python", "-m", "aligned.reproduce",
                             *(sys.argv[1:] if argv is None else argv)]),
         scale=scale.name, scale_description=scale.description, root=root,
-        seeds=tuple(sorted({s.seed for s in specs})), wall_s=time.perf_counter() - started,
+        seeds=tuple(sorted({run.seed for run in everything})),
+        wall_s=time.perf_counter() - started,
         trained=sum(not run.reused["train"] for run in finished),
-        overrides={s.workload.name: shared_overrides(s) for s in specs})
+        overrides={**{run.workload: tuple(run.overrides) for run in earlier},
+                   **{s.workload.name: shared_overrides(s) for s in specs}},
+        stored=(shown(stored), sorted({run.workload for run in earlier})))
     write_report(out, collected, claims, provenance)
     for claim in claims:
         print(f"{claim.title}: {claim.verdict}")
     print(f"wrote {out} ({provenance.trained} of {len(finished)} runs trained, "
+          f"{len(earlier)} read from {shown(stored)}, "
           f"{time.perf_counter() - started:.0f} s)")
     return out
 

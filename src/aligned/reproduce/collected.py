@@ -3,11 +3,15 @@ claims quote (mean ± sample standard deviation over seeds)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Iterable
+from pathlib import Path
 
-from aligned.reproduce.runs import RunResult
+from aligned.reproduce.runs import RunResult, read_json, write_json
+
+STORED_RUNS = "reproduction-runs"  # beside the report: <workload>.json, each workload's runs
 
 
 class Collected:
@@ -62,3 +66,33 @@ def pm(values: Iterable[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def mean(values: Iterable[float]) -> float:
     return mean_std(values)[0]
+
+
+def save_runs(path: Path, runs: list[RunResult], root: Path) -> None:
+    """Store one workload's runs as the claims read them, with the runs of its other (loss,
+    seed) pairs that ``path`` already holds; directories relative to ``root`` where inside."""
+    made = {(run.loss, run.seed) for run in runs}
+    kept = [run for run in load_runs(path, root) if (run.loss, run.seed) not in made]
+    rows = []
+    for run in sorted([*kept, *runs], key=lambda run: (run.seed, run.loss)):
+        row = dataclasses.asdict(run)
+        directory = Path(run.directory)
+        row["directory"] = (directory.relative_to(root).as_posix()
+                            if directory.is_relative_to(root) else str(directory))
+        row["reused"] = {}
+        rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"runs": rows})
+
+
+def load_runs(path: Path, root: Path) -> list[RunResult]:
+    """The runs ``save_runs`` stored at ``path`` (none when it is missing), marked as stored."""
+    stored = read_json(path)
+    if stored is None:
+        return []
+    runs = []
+    for row in stored["runs"]:
+        row = {**row, "directory": root / row["directory"], "reused": {"stored": True},
+               "overrides": tuple(row.get("overrides", ()))}
+        runs.append(RunResult(**row))
+    return runs

@@ -68,6 +68,7 @@ class RunResult:
     directory: Path
     timings: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # train.py's, loss= and seed= aside
 
 
 def conf_dir() -> Path:
@@ -157,7 +158,7 @@ def execute(spec: RunSpec, rounds: int, round_seconds: float) -> RunResult:
             write_json(spec.directory / RECORD, record)
     return RunResult(spec.workload.name, spec.loss, spec.seed, results, evaluation, benchmark,
                      objective_parameters(results["checkpoint"]), spec.directory,
-                     record["timings"], reused)
+                     record["timings"], reused, spec.overrides[:-2])
 
 
 def execute_all(specs: list[RunSpec], rounds: int, round_seconds: float, jobs: int,

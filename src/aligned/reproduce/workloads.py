@@ -7,20 +7,23 @@ from dataclasses import dataclass, field
 
 from aligned.config import ConfigError
 
-LOSSES = ("standard", "aligned", "multiexit")
+DEFAULT_LOSSES = ("standard", "aligned", "multiexit")
+LOSSES = (*DEFAULT_LOSSES, "alternating")  # alternating: the authors' GPT-2 variant
 
 
 @dataclass(frozen=True)
 class Workload:
     """One model on one data set. ``overrides`` are train.py's (an experiment config, mostly);
     ``glue`` workloads read GLUE from the reproduction's GLUE directory; ``benchmark``: the
-    early-exit wall clock is measured on its aligned checkpoints."""
+    early-exit wall clock is measured on its aligned checkpoints; ``losses``: what it trains
+    unless --losses says otherwise."""
 
     name: str
     title: str
     overrides: tuple[str, ...]
     glue: bool = False
     benchmark: bool = False
+    losses: tuple[str, ...] = DEFAULT_LOSSES
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ WORKLOADS = {w.name: w for w in (
     Workload("minilm_sst2", "MiniLM-L6 on SST-2 (val = test = GLUE dev)",
              ("experiment=minilm_sst2",), glue=True),
     Workload("minilm_bbc", "MiniLM-L6 on BBC News", ("experiment=minilm_bbc",)),
+    # The paper's causal-LM figures where no GPU is: a LLaMA trained from scratch, per token.
+    Workload("lm_bbc", "LLaMA from scratch on BBC News (next token, per token)",
+             ("experiment=lm_bbc",), losses=LOSSES),
     # The paper's setups, for GPUs and their data sets (scale=paper; never run here).
     Workload("deit_s_cifar10", "DeiT-S on CIFAR-10 (224x224)", ("experiment=deit_s_cifar10",),
              benchmark=True),
@@ -65,7 +71,7 @@ SCALES = {s.name: s for s in (
         "BBC News twice over 1,335 articles) but SST-2 on 8,000 sentences once (half its "
         "config's 16,000, to fit 36 runs into 3 hours of 2 cores), 3 seeds",
         {"vit_digits": (), "vit_mnist": (), "minilm_sst2": ("data.train_subset=8000",),
-         "minilm_bbc": ()},
+         "minilm_bbc": (), "lm_bbc": ()},
         seeds=(0, 1, 2),
         default_report="docs/REPRODUCTION.md",
     ),
@@ -78,7 +84,8 @@ SCALES = {s.name: s for s in (
         {"vit_digits": ("trainer.max_epochs=10",),
          "vit_mnist": ("trainer.max_epochs=6",),
          "minilm_sst2": ("data.train_subset=400",),
-         "minilm_bbc": ("data.train_subset=160", "data.max_length=64", "trainer.max_epochs=1")},
+         "minilm_bbc": ("data.train_subset=160", "data.max_length=64", "trainer.max_epochs=1"),
+         "lm_bbc": ("+trainer.limit_train_batches=100",)},
         seeds=(0,),
     ),
     Scale(
