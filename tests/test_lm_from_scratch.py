@@ -193,3 +193,14 @@ def test_a_killed_run_with_sampled_layers_resumes_to_the_same_weights(corpus, tm
     results = [json.loads((path / "results.json").read_text())
                for path in (tmp_path / "full", killed)]
     assert results[0]["layer_accuracy"] == results[1]["layer_accuracy"]
+
+
+def test_resuming_on_other_text_is_refused_by_the_tokenizer_the_checkpoint_keeps(corpus, tmp_path):
+    data = text_module(corpus, None)
+    data.setup()
+    data.load_state_dict(data.state_dict())  # the same text: the same tokenizer, accepted
+    other = write_corpus(tmp_path / "other", 30, seed=5)
+    changed = text_module(other, None)
+    changed.setup()
+    with pytest.raises(ConfigError, match="differs from the one the checkpoint was trained"):
+        changed.load_state_dict(data.state_dict())

@@ -138,7 +138,7 @@ def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
 
 def test_the_lm_workload_reports_the_papers_lm_figures_and_is_kept_for_later_reports(
         tmp_path, one_thread):
-    """lm_bbc (a LLaMA from scratch, its tokenizer trained on .txt files here) with its four
+    """lm_bbc (a LLaMA from scratch, its tokenizer trained on .txt files here) with its five
     losses, then a report regenerated for another workload alone still holds it: each
     workload's runs are stored beside the report."""
     from test_lm_from_scratch import TINY_LLAMA
@@ -153,17 +153,17 @@ def test_the_lm_workload_reports_the_papers_lm_figures_and_is_kept_for_later_rep
     common = ["--seeds", "0", "--root", str(tmp_path / "runs"), "--out", str(out)]
     reproduce(["--workloads", "lm_bbc", *common, "--override", *(f"lm_bbc:{o}" for o in tiny)])
     text = out.read_text()
-    assert "4 trained by this invocation" in text
+    assert "5 trained by this invocation" in text
     lm = text.split("## 11. The paper's causal-LM figures")[1]
-    for loss in ("standard", "aligned", "multiexit", "alternating"):
+    for loss in ("standard", "aligned", "multiexit", "alternating", "sampled"):
         assert f"| LLaMA from scratch on BBC News (next token, per token) | {loss} |" in lm
     paper = "| (the paper: GPT-2, L = 12) | aligned | 12.7 | 28.8 | 34.4 | 34.9 | 43.4 | 47.7 |"
     assert paper in lm
-    assert lm.count("| **") == 3  # the three tests, each with its outcome
+    assert lm.count("| **") == 4  # the four tests, each with its outcome
     assert re.search(r"\*\*Verdict: (.+)\.\*\*", lm).group(1) in VERDICTS
     stored = json.loads((out.parent / "reproduction-runs" / "lm_bbc.json").read_text())
     assert sorted(run["loss"] for run in stored["runs"]) == [
-        "aligned", "alternating", "multiexit", "standard"]
+        "aligned", "alternating", "multiexit", "sampled", "standard"]
     assert all(not Path(run["directory"]).is_absolute() for run in stored["runs"])
 
     reproduce(["--workloads", "vit_digits", "--losses", "standard", "aligned", *common,
@@ -175,7 +175,7 @@ def test_the_lm_workload_reports_the_papers_lm_figures_and_is_kept_for_later_rep
     assert "| ViT on digits 8x8 | aligned | 1 |" in headline
     lm_title = "LLaMA from scratch on BBC News (next token, per token)"
     assert f"| {lm_title} | alternating | 1 |" in headline
-    assert again.split("## 11. ")[1].count("| **") == 3  # lm_bbc's tests, from its stored runs
+    assert again.split("## 11. ")[1].count("| **") == 4  # lm_bbc's tests, from its stored runs
 
 
 def duration(text: str, before: str) -> float:

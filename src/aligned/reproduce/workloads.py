@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from aligned.config import ConfigError
 
 DEFAULT_LOSSES = ("standard", "aligned", "multiexit")
-LOSSES = (*DEFAULT_LOSSES, "alternating")  # alternating: the authors' GPT-2 variant
+# alternating: the authors' GPT-2 variant; sampled: aligned on 2 hidden layers drawn per step
+LOSSES = (*DEFAULT_LOSSES, "alternating", "sampled")
 
 
 @dataclass(frozen=True)
