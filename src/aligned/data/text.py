@@ -198,7 +198,7 @@ class TextDataModule(SplitLoaders):
     def _trained(self, documents: dict[str, Documents] | None = None) -> Any:
         """The byte-level BPE trained on the train split (cached beside the token ids)."""
         if self.trained_tokenizer is None:
-            cache = self._cache_file("tokenizer", ".json")
+            cache = self._tokenizer_cache_file()
             if documents is None and not (cache is not None and cache.is_file()):
                 documents = self._documents()
             texts = documents["train"].texts if documents is not None else []
@@ -248,31 +248,36 @@ class TextDataModule(SplitLoaders):
 
     # -- the cache ---------------------------------------------------------------------------
 
-    def _cache_file(self, kind: str = "ids", suffix: str = ".pt") -> Path | None:
-        """The cache of the token ids (or, ``kind="tokenizer"``, of the trained tokenizer)."""
+    def _tokenizer_identity(self) -> Any:
+        if self.tokenizer_name is not None:
+            return _identity(self.tokenizer_name)
+        return ["byte-level BPE", self.vocab_size, importlib.metadata.version("tokenizers")]
+
+    def _cache_file(self) -> Path | None:
+        """Where the token ids are cached, keyed by all they depend on."""
         if self.cache_dir is None:
             return None
-        tokenizer = _identity(self.tokenizer_name) if self.tokenizer_name is not None else [
-            "byte-level BPE", self.vocab_size, importlib.metadata.version("tokenizers")]
         key = {
-            "kind": kind,
             "format": CACHE_FORMAT,
-            "tokenizer": tokenizer,
+            "tokenizer": self._tokenizer_identity(),
             "source": source_identity(self.source),
             "max_length": self.max_length,
             "packing": self.packing,
             "split": [self.split_seed, self.val_fraction, self.test_fraction],
         }
-        if kind == "tokenizer":  # depends on the train split only
-            del key["max_length"], key["packing"]
-        else:
-            del key["kind"]  # the name token-id caches have always had
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        tokenizer_name = self.tokenizer_name or f"bpe{self.vocab_size}"
-        if kind == "tokenizer":
-            return self.cache_dir / f"{_slug(self.source)}-{tokenizer_name}-{digest}{suffix}"
-        name = "-".join(_slug(part) for part in (self.source, tokenizer_name))
-        return self.cache_dir / f"{name}-{self.max_length}-{digest}{suffix}"
+        tokenizer = self.tokenizer_name or f"bpe{self.vocab_size}"
+        name = "-".join(_slug(part) for part in (self.source, tokenizer))
+        return self.cache_dir / f"{name}-{self.max_length}-{digest}.pt"
+
+    def _tokenizer_cache_file(self) -> Path | None:
+        """Where the trained tokenizer is cached: it depends on the train split only."""
+        if self.cache_dir is None:
+            return None
+        key = {"tokenizer": self._tokenizer_identity(), "source": source_identity(self.source),
+               "split": [self.split_seed, self.val_fraction, self.test_fraction]}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_dir / f"{_slug(self.source)}-bpe{self.vocab_size}-{digest}.json"
 
     # -- loaders -----------------------------------------------------------------------------
 
