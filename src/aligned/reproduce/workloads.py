@@ -79,14 +79,14 @@ SCALES = {s.name: s for s in (
     Scale(
         "quick",
         "a smoke run: the same workloads cut short (digits 10 epochs, MNIST 6, SST-2 400 "
-        "sentences, BBC News 160 articles at 64 tokens), 1 seed",
+        "sentences, BBC News 160 articles at 64 tokens, the LM 50 steps), 1 seed",
         # MNIST at 6 epochs, not fewer: at 2 or 4 (25-29% test accuracy) every exit rule's
         # operating point is layer 1, where the timing sits within noise of its threshold.
         {"vit_digits": ("trainer.max_epochs=10",),
          "vit_mnist": ("trainer.max_epochs=6",),
          "minilm_sst2": ("data.train_subset=400",),
          "minilm_bbc": ("data.train_subset=160", "data.max_length=64", "trainer.max_epochs=1"),
-         "lm_bbc": ("+trainer.limit_train_batches=100",)},
+         "lm_bbc": ("+trainer.limit_train_batches=50",)},
         seeds=(0,),
     ),
     Scale(
