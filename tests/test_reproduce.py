@@ -293,6 +293,36 @@ def test_verdicts_follow_the_rules_written_beside_them():
     assert outcome["speedup"][1] == claims.UNMEASURED  # nothing was benchmarked
 
 
+def made_up_lm(loss: str, seed: int, accuracy: list[float]) -> RunResult:
+    run = made_up("lm", loss, seed, accuracy)
+    run.evaluation |= {"unit": "tokens", "layer_perplexity": [50.0] * len(accuracy)}
+    return run
+
+
+@pytest.mark.parametrize("curves, expected", [
+    # the paper's pattern: final 2.5x the middle; aligned's middle 2.2x; alternating between
+    ({"standard": [.05, .10, .20, .25], "aligned": [.12, .22, .23, .24],
+      "alternating": [.08, .15, .22, .245], "sampled": [.11, .21, .22, .24]},
+     [True, True, True, True]),
+    # an undertrained model: final only 1.5x the middle; aligned ahead everywhere; alternating
+    # not between at the last layer; sampled 3 points below the full loss at the middle
+    ({"standard": [.15, .18, .22, .27], "aligned": [.25, .28, .29, .30],
+      "alternating": [.20, .22, .25, .31], "sampled": [.22, .25, .28, .29]},
+     [False, False, False, False]),
+])
+def test_the_lm_figures_claim_tests_the_papers_four_lm_figures(curves, expected):
+    runs_ = [made_up_lm(loss, seed, curve) for loss, curve in curves.items() for seed in (0, 1)]
+    claim = claims.lm_figures(Collected(runs_, {"lm": "LM"}))
+    tests = [row for row in claim.table if "| **" in row]
+    assert [row.endswith("| pass |") for row in tests] == expected
+    assert claim.outcomes["lm"] is all(expected)
+    # layers 1, L/2 (2 of 4, as GPT-2's 6 of 12), L-1 and L, mean ± std over the two seeds
+    cells = " | ".join(f"{100 * v:.1f} ± 0.0" for v in curves["standard"])
+    assert f"| LM | standard | {cells} |" in "\n".join(claim.table)
+    # a classifier workload has no LM figures
+    assert claims.lm_figures(Collected([made_up("a", "standard", 0, [.5, .9])], {})).outcomes == {}
+
+
 def speedup_verdict(pooled: list[float], batch1: list[float], predicted: float = 2.0) -> str:
     """Claim 10's verdict on one benchmarked run whose rounds measured these speed-ups."""
     row = {"rule": "confidence", "speedup": predicted, "measured_bs1": float(np.median(batch1)),
