@@ -107,3 +107,8 @@ def test_the_step_cost_benchmark_times_each_objective_on_an_lm(lm_and_corpus, mo
                          "loss=multiexit"}
     assert all(float(ms) > 0 for ms, _, _ in rows.values())
     assert rows["loss=standard"][1:] == ["+0.0%", "1.00x"]
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--no-full"])  # more rounds of the cheap ones
+    step_cost.main()
+    names = {line.rsplit(maxsplit=3)[0] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("loss=")}
+    assert names == set(rows) - {"loss=aligned", "HF forward + CE (reference)"}
