@@ -511,8 +511,8 @@ def lm_figures(collected: Collected) -> Claim:
         for loss in ["paper's GPT-2 " + name for name in PAPER_LM] + all_losses(collected):
             if loss.startswith("paper"):
                 values = PAPER_LM[loss.rsplit(" ", 1)[1]]
-                cells = [f"{100 * v:.1f}" for v in values[:4]] + [f"{values[4]:.1f}",
-                                                                  f"{100 * values[5]:.1f}"]
+                cells = [f"{100 * v:.1f}" for v in values[:4]] + [
+                    f"{values[4]:.1f}", "—" if math.isnan(values[5]) else f"{100 * values[5]:.1f}"]
                 rows.append(["(the paper: GPT-2, L = 12)", loss.split(" ", 2)[2], *cells, ""])
                 continue
             of = collected.of(workload, loss)
