@@ -135,11 +135,6 @@ def check_configs(specs: list[RunSpec]) -> None:
                               f"{str(error).splitlines()[0]}") from None
 
 
-def shared_overrides(spec: RunSpec) -> tuple[str, ...]:
-    """A run's overrides without its loss and seed (the last two, see ``plan``)."""
-    return spec.overrides[:-2]
-
-
 def reproduce(argv: list[str] | None = None) -> Path:
     """Run the reproduction; the report's path."""
     started = time.perf_counter()
@@ -185,8 +180,7 @@ def reproduce(argv: list[str] | None = None) -> Path:
         seeds=tuple(sorted({run.seed for run in everything})),
         wall_s=time.perf_counter() - started,
         trained=sum(not run.reused["train"] for run in finished),
-        overrides={**{run.workload: tuple(run.overrides) for run in earlier},
-                   **{s.workload.name: shared_overrides(s) for s in specs}},
+        overrides={run.workload: tuple(run.overrides) for run in everything},
         stored=(shown(stored), sorted({run.workload for run in earlier})))
     write_report(out, collected, claims, provenance)
     for claim in claims:

@@ -68,7 +68,7 @@ class RunResult:
     directory: Path
     timings: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)
-    overrides: tuple[str, ...] = ()  # train.py's, loss= and seed= aside
+    overrides: tuple[str, ...] = ()  # train.py's, loss= and seed= aside (the last two)
 
 
 def conf_dir() -> Path:
