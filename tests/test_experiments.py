@@ -30,9 +30,9 @@ from aligned.training.fit import train
 
 RUN_BRIEFLY = [
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=1",
+    "++trainer.limit_test_batches=1",
     "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
     "logger=none",
@@ -109,6 +109,12 @@ def stand_ins(name: str, root: Path, monkeypatch) -> list[str]:
                 "model.architecture.intermediate_size=64",
                 "model.architecture.num_attention_heads=4",
                 "model.architecture.num_key_value_heads=2"]
+    if name == "smollm2_bbc":  # a tiny random LLaMA in SmolLM2's place, .txt files for BBC News
+        lm, corpus = save_tiny_lm(root / "llama", "llama", layers=2), write_corpus(root / "corpus", 30)
+        return [f"model.name_or_path={lm}", f"data.source={corpus}",
+                f"data.cache_dir={root / 'cache'}", "data.max_length=16", "data.batch_size=4",
+                "data.eval_batch_size=4", "+data.val_fraction=0.2", "+data.test_fraction=0.2",
+                "loss=sampled", "loss.layers_per_step=1"]
     raise AssertionError(f"add tiny stand-ins for the new experiment config '{name}'")
 
 
