@@ -1,5 +1,5 @@
 """Early-exit greedy decoding of a causal LM: measured tokens/s against full depth, and
-next-token accuracy at each exit rule's operating point (issue 18, part 5).
+next-token accuracy at each exit rule's operating point.
 
     python benchmarks/decoding.py --model smollm2 [--source bbc_news] [--json out.json]
     python benchmarks/decoding.py --model <save_pretrained dir or .gguf> --max-drops 0.01,0.1

@@ -20,7 +20,7 @@
     at ``--measures-samples`` samples: the cost of each, side by side.
 (f) Minibatch CKA with a short last batch: each batch's unbiased HSIC weighted by n(n-3)
     (``MinibatchCKA``, as Nguyen et al.'s code) against every batch weighted 1 (the code before
-    issue 17), each against full-batch unbiased CKA, over seeds.
+    the fix, docs/analysis.md, "Three fixes"), each against full-batch unbiased CKA, over seeds.
 
 ckatorch and torch-cka are benchmark-only (``pip install ckatorch torch-cka``); a part whose
 package is missing is skipped with a message. Features are random but each layer is a noisy

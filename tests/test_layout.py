@@ -1,11 +1,13 @@
-"""The package layout: each package exports its public names, and checkpoints and configs written
-before the layout (their ``_target_`` strings name the old flat modules) still work."""
+"""The package layout: each package exports its public names, checkpoints and configs written
+before the layout (their ``_target_`` strings name the old flat modules) still work, and the
+repository cites only what its readers can open (docs/method.md by heading)."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,15 @@ OLD_CHECKPOINT = ROOT / "tests" / "fixtures" / "digits_vit_before_layout.ckpt"
 OLD_SETTINGS = ["logger=none", "model.embed_dim=16", "model.depth=2", "model.num_heads=2"]
 OLD_TEST_ACCURACY = [56 / 360, 53 / 360]
 OLD_TARGETS = {"aligned.backbones.timm_vit.TimmViT", "aligned.objectives.AlignedObjective"}
+
+# What a reader of the repository can open: no private notes (METHOD.md), no tracker numbers.
+READER_FACING = ("src", "conf", "benchmarks", "docs", "README.md")
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".ipynb", ".json", ".toml", ".txt"}
+ISSUE_NUMBER = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
+# docs/method.md, "Heading" (in a docstring, or a YAML comment wrapped onto the next line), or
+# several: docs/method.md, "Heading", "Other heading".
+METHOD_CITATION = re.compile(r'docs/method\.md,((?:[\s#]*"[^"\n]+",?)+)')
+METHOD_LINK = re.compile(r"\((?:docs/)?method\.md#([\w-]+)\)")
 
 PACKAGES = ("aligned.models", "aligned.data", "aligned.training", "aligned.analysis",
             "aligned.early_exit")
@@ -124,3 +135,73 @@ def test_a_checkpoint_from_before_the_layout_resumes(tmp_path):
     assert resumed["hyper_parameters"]["model"]["_target_"] == \
         "aligned.models.backbones.timm_vit.TimmViT"
     assert json.loads((run_dir / "results.json").read_text())["num_layers"] == 2
+
+
+def reader_facing_files() -> list:
+    files = []
+    for name in READER_FACING:
+        path = ROOT / name
+        found = [path] if path.is_file() else sorted(path.rglob("*"))
+        files += [f for f in found if f.is_file() and f.suffix in TEXT_SUFFIXES
+                  and not any(part.endswith(".egg-info") or part == "__pycache__"
+                              for part in f.parts)]
+    return files
+
+
+def method_headings() -> set[str]:
+    text = (ROOT / "docs" / "method.md").read_text(encoding="utf-8")
+    return {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("## ")}
+
+
+def cited_headings(text: str) -> list[str]:
+    return [heading for group in METHOD_CITATION.findall(text)
+            for heading in re.findall(r'"([^"]+)"', group)]
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_nothing_cites_the_private_method_notes_or_an_issue_number():
+    files = reader_facing_files()
+    assert ROOT / "README.md" in files and ROOT / "docs" / "method.md" in files
+    offending = []
+    for path in files:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if "METHOD.md" in line or ISSUE_NUMBER.search(line):
+                offending.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offending, "\n".join(offending)
+
+
+def test_the_citation_patterns_find_what_they_should():
+    assert cited_headings('(docs/method.md, "Objectives").') == ["Objectives"]
+    assert cited_headings('docs/method.md,\n"Claims", "Early exit")') == ["Claims", "Early exit"]
+    assert cited_headings('# setup (docs/method.md,\n# "The paper\'s numbers")') == \
+        ["The paper's numbers"]
+    assert cited_headings("see docs/method.md for the method") == []
+    assert ISSUE_NUMBER.search("as Issue #17 asked") and ISSUE_NUMBER.search("(issues 17, 18)")
+    assert not ISSUE_NUMBER.search("the issue's bar, 17 points")
+    assert anchor("The paper's numbers") == "the-papers-numbers"
+    assert anchor("Layer-wise read-outs") == "layer-wise-read-outs"
+
+
+def test_every_citation_of_the_method_names_one_of_its_headings():
+    headings = method_headings()
+    assert {"The shared head", "Objectives", "Similarity measures", "Claims",
+            "The paper's numbers"} <= headings
+    cited, unknown = 0, []
+    for path in reader_facing_files():
+        if path.parts[len(ROOT.parts)] not in ("src", "conf"):
+            continue
+        for heading in cited_headings(path.read_text(encoding="utf-8")):
+            cited += 1
+            if heading not in headings:
+                unknown.append(f"{path.relative_to(ROOT)}: {heading!r}")
+    assert cited >= 10  # the code cites the method in every module that implements a part of it
+    assert not unknown, f"headings not in docs/method.md {sorted(headings)}: {unknown}"
+    anchors = {anchor(heading) for heading in headings}
+    links = [(path, link) for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+             for link in METHOD_LINK.findall(path.read_text(encoding="utf-8"))]
+    assert links
+    assert not [f"{path.name}: #{link}" for path, link in links if link not in anchors]

@@ -16,7 +16,7 @@ from aligned.analysis.mutual_knn import mutual_knn
 from aligned.analysis.procrustes import procrustes_distance, procrustes_from_covariances
 from aligned.config import ConfigError
 
-REFERENCE_TOLERANCE = 1e-8  # the issue's bar for every new measure, float64 features
+REFERENCE_TOLERANCE = 1e-8  # the bar for every measure against its reference, float64 features
 
 
 def two_models(num_samples: int = 200, dims=(8, 5), layers=(3, 2), seed: int = 0):
@@ -298,7 +298,7 @@ def test_mutual_knn_needs_more_samples_than_neighbours():
 # --------------------------------------------------------------------------- the registry
 
 
-def test_registry_names_the_issue_asks_for():
+def test_registry_names_every_measure_offered():
     assert set(MEASURES) == {"cos", "cka", "rbf_cka", "cca", "svcca", "pwcca", "procrustes",
                              "mutual_knn"}
 

@@ -350,7 +350,7 @@ def test_minibatch_cka_rejects_a_batch_with_other_layers():
         accumulator.update(torch.randn(2, 10, 4))
 
 
-# --------------------------------------------------------------------------- issue 17 defects
+# ------------------------------------------------- defects fixed (docs/analysis.md, Three fixes)
 
 
 def every_similarity_call():
@@ -387,7 +387,7 @@ def test_no_similarity_function_modifies_its_input(call: str, layout: str):
 
 
 def test_minibatch_cka_then_linear_cka_gives_the_same_number():
-    """The issue's example: after minibatch_cka(f, 100), linear_cka(f, unbiased=True) changed."""
+    """The defect as found: after minibatch_cka(f, 100), linear_cka(f, unbiased=True) changed."""
     features = layered_features(3, 400, 6).double()
     first = linear_cka(features, unbiased=True)
     minibatch_cka(features, batch_size=100)

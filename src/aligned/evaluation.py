@@ -1,5 +1,6 @@
 """What ``evaluate.py`` runs: layer-wise analysis of one checkpoint, optionally beside another,
-and early exit (rules swept on val, operating points reported on test; METHOD.md §4)."""
+and early exit (rules swept on val, operating points reported on test; docs/method.md,
+"Early exit")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Analysis: layer-by-layer similarity (COS, CKA, and the measures peers use: CCA, SVCCA,
 PWCCA, Procrustes, mutual k-NN; within one model or across two), the evaluation pass that
-collects what every layer-wise read-out needs, and the read-outs themselves (METHOD.md §1–2).
+collects what every layer-wise read-out needs, and the read-outs themselves (docs/method.md,
+"Similarity measures", "Layer-wise read-outs").
 
     from aligned.analysis import linear_cka, run_layerwise_pass, summarize
     from aligned.analysis import cross_similarity, similarity_matrix, MEASURES

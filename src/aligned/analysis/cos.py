@@ -1,5 +1,5 @@
 """Sample-wise cosine similarity (COS) of all layer pairs, in one go or over minibatches
-(METHOD.md §1).
+(docs/method.md, "Similarity measures").
 
 COS(l, l') = mean over samples i of cos(h~_i^l, h~_i^l'), h~ the centred feature. Default
 centring subtracts each layer's mean over samples; ``"features"`` subtracts each vector's own

@@ -65,7 +65,8 @@ MEASURES: dict[str, Measure] = {
     measure.name: measure
     for measure in (
         Measure("cos", cos_similarity, "similarity", True, False,
-                "CosAccumulator (means first: layer_means)", "METHOD.md §1, sample-wise cosine"),
+                "CosAccumulator (means first: layer_means)",
+                'sample-wise cosine, docs/method.md, "Similarity measures"'),
         Measure("cka", cka, "similarity", True, True, "MinibatchCKA (or batch_size=)",
                 "Kornblith et al. 2019; Nguyen et al. 2021 for minibatches"),
         Measure("rbf_cka", rbf_cka, "similarity", True, True,

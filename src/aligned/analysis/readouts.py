@@ -1,4 +1,5 @@
-"""Layer-wise read-outs of the shared head (METHOD.md §2), as pure functions over arrays.
+"""Layer-wise read-outs of the shared head (docs/method.md, "Layer-wise read-outs"), as pure
+functions over arrays.
 
 Inputs are per-sample, per-layer arrays with layers 1..L along the last axis:
 ``predictions`` (N, L) top-1 class ids, ``confidences`` (N, L) top-1 softmax probability.

@@ -1,4 +1,5 @@
-"""Layer-by-layer similarity of per-layer features: CKA here, COS re-exported (METHOD.md §1).
+"""Layer-by-layer similarity of per-layer features: CKA here, COS re-exported
+(docs/method.md, "Similarity measures").
 
 Every function takes ``features`` of shape (L, N, D): L layers, N samples, D width, and returns
 an (L, L) float64 matrix over all layer pairs at once. Given a second stack ``other`` (L_B, N,

@@ -1,5 +1,5 @@
 """The evaluation pass of a causal LM: the logit lens at every layer, token by token
-(METHOD.md §6).
+(docs/method.md, "Causal language models").
 
 Every position that predicts a real next token is one sample (``next_token_pairs``: padding,
 and each sequence's last token, which has no next token, are left out). Per token and layer it

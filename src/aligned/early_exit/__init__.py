@@ -1,8 +1,8 @@
-"""Early exit with the one shared head (METHOD.md §4): the exit rules and the one loop that
-applies them, offline sweeps over cached per-layer signals, real inference that runs later
-blocks on the survivors only (per batch or pooled across batches), and the parameters the shared
-head saves. For causal LMs: early-exit greedy decoding with a KV cache (``decoding``) and the
-rules' offline sweeps over per-token signals (``decoding_offline``).
+"""Early exit with the one shared head (docs/method.md, "Early exit"): the exit rules and the
+one loop that applies them, offline sweeps over cached per-layer signals, real inference that
+runs later blocks on the survivors only (per batch or pooled across batches), and the parameters
+the shared head saves. For causal LMs: early-exit greedy decoding with a KV cache
+(``decoding``) and the rules' offline sweeps over per-token signals (``decoding_offline``).
 
     from aligned.early_exit import load_early_exit
     classifier = load_early_exit("run/checkpoints/last.ckpt", "confidence", 0.9)

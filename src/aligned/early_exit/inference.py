@@ -1,4 +1,4 @@
-"""Early-exit inference that really saves compute (METHOD.md §4).
+"""Early-exit inference that really saves compute (docs/method.md, "Early exit").
 
 Blocks run one at a time; after each, the rule decides which samples exit, and those rows are
 dropped from the batch, so later blocks compute the survivors only. Any batch size works

@@ -1,4 +1,5 @@
-"""Parameters saved by one shared head instead of a classifier per layer (METHOD.md §3).
+"""Parameters saved by one shared head instead of a classifier per layer
+(docs/method.md, "Objectives").
 
 Per-layer heads add (L-1)·(C·D + C) parameters (a linear classifier at each of layers 1..L-1;
 layer L keeps the model's head); one shared head adds 0. The saving is quoted relative to the

@@ -1,5 +1,6 @@
 """Models: backbones (plain nn.Modules with one layer-wise surface: every block's feature and
-the shared head) and the training objectives over their stack of per-layer logits (METHOD.md §3).
+the shared head) and the training objectives over their stack of per-layer logits
+(docs/method.md, "Objectives").
 
     from aligned.models import TimmViT, AlignedObjective
 """

@@ -1,4 +1,4 @@
-"""Training objectives over the stack of per-layer logits (METHOD.md §3).
+"""Training objectives over the stack of per-layer logits (docs/method.md, "Objectives").
 
     loss = Σ_{l=1..L} α_l · CE(head(h_l), y)      (MSE instead of CE for regression)
 

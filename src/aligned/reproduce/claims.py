@@ -1,5 +1,5 @@
-"""The paper's claims (METHOD.md §1-5), each a function from the collected runs to a table, a
-per-workload test and a verdict decided by the rule written beside it.
+"""The paper's claims (docs/method.md, "Claims"), each a function from the collected runs to a
+table, a per-workload test and a verdict decided by the rule written beside it.
 
 Every claim states a test that one workload passes or fails (None: that workload lacks the
 runs the test needs; WITHIN_NOISE: a timed test whose threshold lies inside its rounds'
@@ -212,7 +212,7 @@ def more_early_saturation(collected: Collected) -> Claim:
 
 # -- 5. Intermediate-layer accuracy far above standard training -----------------------------
 
-INTERMEDIATE_GAIN = 0.08  # the issue's figure: 8 points
+INTERMEDIATE_GAIN = 0.08  # the report's bar: 8 points
 
 
 def intermediate_mean(run) -> float:
@@ -275,7 +275,7 @@ def monotone_accuracy_and_minimal_depth(collected: Collected) -> Claim:
 
 # -- 7. The final-layer cost of aligned training ---------------------------------------------
 
-FINAL_COST_MAX = 0.01  # the issue's figure: final layer within 1 point
+FINAL_COST_MAX = 0.01  # the report's bar: final layer within 1 point
 
 
 def final_layer_cost(collected: Collected) -> Claim:
@@ -351,7 +351,8 @@ def single_head_on_par_with_per_layer_heads(collected: Collected) -> Claim:
 
 # -- 9. Parameter savings of the shared head ---------------------------------------------------
 
-# The paper's figures (METHOD §3) and the timm models they come from (ImageNet-1k heads).
+# The paper's figures (docs/method.md, "The paper's numbers") and the timm models they come
+# from (ImageNet-1k heads).
 PAPER_SAVINGS = {"DeiT-S": ("deit_small_patch16_224", 16.08), "DeiT-B": ("deit_base_patch16_224",
                                                                         8.89)}
 
@@ -409,7 +410,7 @@ def parameter_savings(collected: Collected) -> Claim:
 
 # -- 10. Measured early-exit speed-up against the predicted one --------------------------------
 
-POOLED_RATIO_MIN = 0.8  # the issue's figure: batch 64 pooled at >= 0.8 of L / mean exit layer
+POOLED_RATIO_MIN = 0.8  # the report's bar: batch 64 pooled at >= 0.8 of L / mean exit layer
 MIN_ROUNDS = 3  # a timing decided from fewer rounds has no measure of its noise
 
 
@@ -485,8 +486,9 @@ def early_exit_speedup(collected: Collected) -> Claim:
 
 # -- 11. The paper's causal-LM figures -------------------------------------------------------
 
-# The authors' GPT-2 notebook (METHOD §6): next-token accuracy at layers 1, L/2, L-1 and L, the
-# final layer's perplexity, and the share of tokens saturating before the last layer.
+# The authors' GPT-2 notebook (docs/method.md, "The paper's numbers"): next-token accuracy at
+# layers 1, L/2, L-1 and L, the final layer's perplexity, and the share of tokens saturating
+# before the last layer.
 PAPER_LM = {"standard": (0.057, 0.108, 0.186, 0.399, 27.9, 0.183),
             "aligned": (0.127, 0.288, 0.344, 0.349, 43.4, 0.477),
             "alternating": (0.082, 0.216, 0.335, 0.387, 31.2, math.nan)}
