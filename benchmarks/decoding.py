@@ -6,7 +6,7 @@ next-token accuracy at each exit rule's operating point.
 
 1. Held-out text: ``data=text``'s val and test documents (``--source``; each cut to its first
    ``--max-length`` tokens), tokenised by the model's tokenizer.
-2. Offline (``aligned.early_exit.decoding_offline``): per-token signals of every layer on the
+2. Offline (``aligned.early_exit.offline``): per-token signals of every layer on the
    first ``--val-tokens`` / ``--test-tokens`` tokens; per rule and per ``--max-drops`` value,
    the operating point with the smallest val mean exit layer within that drop of full-depth val
    next-token accuracy; its teacher-forced test accuracy (exact for ``kv=recompute``).
@@ -39,13 +39,9 @@ import torch
 from aligned.config import ConfigError, user_message
 from aligned.data.text import PadWithLabels, TextDataModule
 from aligned.early_exit.decoding import KV_POLICIES, EarlyExitDecoder
-from aligned.early_exit.decoding_offline import (
-    TokenSignals,
-    collect_token_signals,
-    decoding_summary,
-    token_point,
-)
+from aligned.early_exit.offline import early_exit_summary, operating_point
 from aligned.early_exit.rules import RULES, make_rule
+from aligned.early_exit.signals import ExitSignals, collect_token_signals
 from aligned.models.backbones.hf_decoder import HFDecoder
 
 
@@ -58,7 +54,7 @@ def model_path(name: str) -> str:
 
 
 def split_signals(backbone: HFDecoder, data: TextDataModule, split: str, tokens: int,
-                  batch_size: int) -> TokenSignals:
+                  batch_size: int) -> ExitSignals:
     loader = torch.utils.data.DataLoader(data.splits[split], batch_size=batch_size,
                                          collate_fn=PadWithLabels(data.pad_token_id))
     return collect_token_signals(backbone, loader, max_tokens=tokens)
@@ -142,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val = split_signals(backbone, data, "val", args.val_tokens, args.batch_size)
     test = split_signals(backbone, data, "test", args.test_tokens, args.batch_size)
     signals_seconds = time.perf_counter() - started
-    summaries = {drop: decoding_summary(val, test, drop, args.rules) for drop in args.max_drops}
+    summaries = {drop: early_exit_summary(val, test, drop, args.rules) for drop in args.max_drops}
     points = operating_points(summaries, num_layers)
 
     prompts = prompts_of(data, args.prompts, args.prompt_length)
@@ -192,8 +188,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             scored = decoder_accuracy(decoders[label], data, args.scored_tokens)
             # The offline simulation on the same tokens: the decoder's figure minus this one
             # is what the KV policy costs (0 up to round-off for recompute).
-            same_tokens = test.tokens(slice(0, scored["tokens"]))
-            scored["offline_accuracy"] = token_point(decoders[label].rule, same_tokens)["accuracy"]
+            same_tokens = test.rows(slice(0, scored["tokens"]))
+            scored["offline_accuracy"] = operating_point(decoders[label].rule,
+                                                        same_tokens)["accuracy"]
             row["decoder_teacher_forced"] = scored
         rows.append(row)
     full_offline = summaries[args.max_drops[0]]["full_depth_accuracy"]

@@ -33,16 +33,15 @@ from typing import Any, ClassVar
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from early_exit import full_forward, positive_int, time_rounds  # noqa: E402  (sibling script)
-
-from aligned.analysis.layerwise_pass import run_layerwise_pass  # noqa: E402
-from aligned.config import ConfigError, user_message  # noqa: E402
-from aligned.early_exit.inference import EarlyExitClassifier  # noqa: E402
-from aligned.early_exit.pooled import PooledEarlyExit  # noqa: E402
-from aligned.early_exit.rules import ExitRule, _probabilities  # noqa: E402
-from aligned.placement import Placement, resolve_placement  # noqa: E402
-from aligned.training.system import LayerwiseClassifier  # noqa: E402
+from aligned.analysis.layerwise_pass import run_layerwise_pass
+from aligned.arguments import positive_int
+from aligned.config import ConfigError, user_message
+from aligned.early_exit.inference import EarlyExitClassifier
+from aligned.early_exit.pooled import PooledEarlyExit
+from aligned.early_exit.rules import ExitRule
+from aligned.early_exit.timing import full_forward, time_rounds
+from aligned.placement import Placement, resolve_placement
+from aligned.training.system import LayerwiseClassifier
 
 LOSSES = {"standard": "aligned.models.objectives.StandardObjective",
           "aligned": "aligned.models.objectives.AlignedObjective",
@@ -56,7 +55,7 @@ DEFAULT_PATTERN = [0.0, 0.05, 0.25, 0.25, 0.15, 0.1, 0.05, 0.04, 0.03, 0.03, 0.0
 class PatternRule(ExitRule):
     """Samples leave at layers that follow ``pattern`` (fractions per layer, 1..L): the k-th
     sample the rule sees takes entry k of a fixed shuffled cycle of 1,000 exit layers in those
-    proportions. It reads the logits as the confidence rule does."""
+    proportions. It reads the head's confidence as the confidence rule does."""
 
     pattern: torch.Tensor
     threshold: float = 0.0
@@ -80,7 +79,7 @@ class PatternRule(ExitRule):
         return {"exit_at": self.cycle[positions].to(device)}
 
     def exits(self, layer, signals, state):
-        _probabilities(signals.logits).amax(-1)  # the confidence rule's work at this layer
+        signals.confidence  # noqa: B018  (the confidence rule's work at this layer)
         return state["exit_at"] <= layer, state
 
 

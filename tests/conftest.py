@@ -6,6 +6,7 @@ import importlib.metadata
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +16,9 @@ import aligned.resolvers  # noqa: F401  (the configs' resolvers, as train.py reg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# A digits ViT trained before the code moved to one package per concern (its stored targets name
+# the old modules): what an old run's checkpoint must still load, evaluate and resume from.
+OLD_CHECKPOINT = ROOT / "tests" / "fixtures" / "digits_vit_before_layout.ckpt"
 
 
 def needs(distribution: str) -> pytest.MarkDecorator:
@@ -62,6 +66,23 @@ def compose_evaluate(overrides: list[str], run_dir: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     return cfg
+
+
+def _one_thread():
+    """Tiny models run their many small ops fastest on one thread: on a busy 2-core machine two
+    threads wait on each other (an attention call took ~16 ms under load, evaluate() twice as
+    long); with one, microseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# One body, two scopes: per test where a test asks for it by name; per module where a module's
+# own module-scoped fixtures (its tiny models) must build under it too, e.g. with
+# ``pytestmark = pytest.mark.usefixtures("one_thread_per_module")``.
+one_thread = pytest.fixture(_one_thread, name="one_thread")
+one_thread_per_module = pytest.fixture(_one_thread, scope="module", name="one_thread_per_module")
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from tiny_models import TINY_VIT, tiny_bert_dir, token_batch
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
@@ -15,8 +15,6 @@ from transformers import (
 from aligned.config import ConfigError
 from aligned.models.backbones.hf_encoder import HFEncoder
 from aligned.models.backbones.timm_vit import TimmViT
-
-TINY_VIT = dict(img_size=8, in_chans=1, patch_size=4, embed_dim=32, depth=3, num_heads=2)
 
 
 @pytest.mark.parametrize(
@@ -112,23 +110,6 @@ def test_unsupported_timm_models_are_rejected(name, message):
 def test_distilled_deit_is_rejected():
     with pytest.raises(ConfigError, match="VisionTransformerDistilled"):
         TimmViT("deit_tiny_distilled_patch16_224", num_classes=5, **TINY_VIT)
-
-
-def tiny_bert_dir(tmp_path, num_labels=3):
-    config = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32, num_labels=num_labels,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
-    return str(tmp_path / "bert")
-
-
-def token_batch():
-    input_ids = torch.tensor([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]])
-    attention_mask = (input_ids != 0).long()
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "token_type_ids": torch.zeros_like(input_ids)}
 
 
 def test_bert_shared_head_on_last_layer_equals_native_logits(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT
 
 from aligned.config import ConfigError
+from aligned.early_exit.timing import round_times, time_rounds
 from aligned.training.checkpoints import read_checkpoint
 
 
@@ -90,6 +91,7 @@ def test_a_directory_without_checkpoints_says_so(tmp_path):
         read_checkpoint(tmp_path)
 
 
+@pytest.mark.slow
 def test_evaluate_py_on_a_run_directory_prints_one_line_and_exits_2(tmp_path):
     run = run_directory(tmp_path / "run")
     done = subprocess.run(
@@ -108,8 +110,8 @@ def test_evaluate_py_on_a_run_directory_prints_one_line_and_exits_2(tmp_path):
 def test_the_rounds_interleave_the_runs_and_keep_each_rounds_time():
     calls = []
     runs = {name: (lambda n=name: calls.append(n)) for name in ("full", "rule")}
-    times = benchmark.round_times(runs, rounds=3, min_seconds=0)
+    times = round_times(runs, rounds=3, min_seconds=0)
     assert {name: len(values) for name, values in times.items()} == {"full": 3, "rule": 3}
     assert calls[4:] == ["full", "rule"] * 3  # after each run's warm-up and probe: alternating
-    medians = benchmark.time_rounds(runs, rounds=3, min_seconds=0)
+    medians = time_rounds(runs, rounds=3, min_seconds=0)
     assert set(medians) == {"full", "rule"} and all(t >= 0 for t in medians.values())

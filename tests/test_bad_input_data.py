@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
-from test_vision_data import trust_written_files, write_cifar10, write_cifar100
+from data_files import trust_written_files, write_cifar10, write_cifar100
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from aligned.config import ConfigError
@@ -130,6 +130,7 @@ def test_cifar_val_size_out_of_range_says_it_is_a_number_of_images(tmp_path, val
         CIFARDataModule(data_dir=str(tmp_path), download=False, val_size=value)
 
 
+@pytest.mark.slow
 def test_train_py_with_a_zero_val_fraction_prints_one_line_and_exits_2(tmp_path):
     done = subprocess.run(
         [sys.executable, "train.py", "+data.val_fraction=0", "logger=none",
@@ -146,6 +147,7 @@ def test_train_py_with_a_zero_val_fraction_prints_one_line_and_exits_2(tmp_path)
 
 # --- CIFAR files outside their folder ---------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, dataset, write", [("cifar10", CIFAR10, write_cifar10),
                                                      ("cifar100", CIFAR100, write_cifar100)])
 def test_batch_files_directly_in_data_dir_are_told_where_to_move(tmp_path, monkeypatch, variant,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_exit import NUM_CLASSES, bert_batches, tiny_bert_system, tiny_vit_system
+from tiny_models import NUM_CLASSES, bert_batches, tiny_bert_system, tiny_vit_system
 
 from aligned.config import ConfigError
 from aligned.early_exit.inference import EarlyExitClassifier

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import TINY, compose_train
-from test_backbones import TINY_VIT
+from tiny_models import TINY_VIT
 
 from aligned.config import ConfigError
 from aligned.models.backbones.timm_vit import DROP_RATES, TimmViT

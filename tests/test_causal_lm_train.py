@@ -63,6 +63,7 @@ def test_every_objective_trains_the_lm_and_writes_token_metrics(lm_and_corpus, t
     assert system.objective.extra_parameters() == expected_extra
 
 
+@pytest.mark.slow
 def test_train_py_runs_a_causal_lm_end_to_end(lm_and_corpus, tmp_path):
     lm, corpus = lm_and_corpus
     command = [sys.executable, "train.py", *overrides(lm, corpus, tmp_path / "cache"),

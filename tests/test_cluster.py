@@ -71,6 +71,7 @@ def epoch_of(path: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- SLURM requeue (SIGUSR1)
 
 
+@pytest.mark.slow
 def test_a_slurm_requeue_resumes_in_the_same_directory_with_the_same_results(
         tmp_path, monkeypatch, uninterrupted):
     calls = tmp_path / "scontrol.calls"
@@ -127,6 +128,7 @@ def test_a_slurm_requeue_resumes_in_the_same_directory_with_the_same_results(
 # ---------------------------------------------------------------- time limit (callbacks=timer)
 
 
+@pytest.mark.slow
 def test_a_time_limit_stops_at_epoch_ends_and_the_resumed_run_ends_as_one_run(
         tmp_path, uninterrupted):
     # A duration of 0: every job trains one epoch (at least one always runs), then stops.
@@ -171,6 +173,7 @@ def test_a_duration_may_be_seconds_or_a_mapping():
 # ---------------------------------------------------------------- SLURM launcher (submitit)
 
 
+@pytest.mark.slow
 def test_the_slurm_launcher_composes_with_train_and_follows_the_trainer(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="aligned[cluster]")
     from hydra.utils import instantiate
@@ -209,6 +212,7 @@ def test_the_sweep_directory_a_launcher_chose_survives_a_new_process(monkeypatch
 # ---------------------------------------------------------------- DDP inside a multirun
 
 
+@pytest.mark.slow
 def test_a_ddp_rank_above_zero_runs_its_sweep_job_alone(tmp_path, monkeypatch):
     job_dir = tmp_path / "sweep" / "0"
     (job_dir / ".hydra").mkdir(parents=True)
@@ -226,6 +230,7 @@ def test_a_ddp_rank_above_zero_runs_its_sweep_job_alone(tmp_path, monkeypatch):
     assert job_command(argv) == argv
 
 
+@pytest.mark.slow
 def test_each_sweep_job_starts_without_the_process_group_and_ranks_of_the_last(
         tmp_path, monkeypatch):
     import torch.distributed as dist
@@ -254,6 +259,7 @@ def test_each_sweep_job_starts_without_the_process_group_and_ranks_of_the_last(
         os.environ.update(before)
 
 
+@pytest.mark.slow
 def test_ddp_inside_a_multirun_leaves_one_job_directory_and_one_summary(tmp_path):
     done = subprocess.run(  # the default sweep directory, multirun/<date_time>_<id>, under cwd
         [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "trainer=ddp_cpu", "seed=0"],

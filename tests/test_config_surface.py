@@ -17,7 +17,7 @@ import yaml
 from causal_lm_helpers import save_tiny_lm
 from conftest import CONF, ROOT, TINY, compose_evaluate, compose_train
 from hydra.core.global_hydra import GlobalHydra
-from test_backbones import tiny_bert_dir, token_batch
+from tiny_models import tiny_bert_dir, token_batch
 
 from aligned.config import ConfigError
 from aligned.evaluation import load_for_evaluation

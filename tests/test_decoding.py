@@ -25,17 +25,9 @@ from aligned.early_exit.rules import (
 from aligned.models.backbones.base import BlockState
 from aligned.models.backbones.hf_decoder import HFDecoder
 
+# Tiny ops: one thread, set before the module's tiny models are built (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 LAYERS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: with 2 threads each op waits on a busy core (~16 ms
-    # an attention call under load, measured), with one it takes microseconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

@@ -49,13 +49,31 @@ def test_benchmark_at_toy_sizes(tmp_path, threads, capsys):
     assert full["measured_speedup"] == 1 and results["hf_generate_tokens_per_s"] > 0
     assert results["full_depth_equals_hf_generate"]
     offline = results["offline"]["1.0"]
-    assert offline["tokens"] == {"val": 60, "test": 60}
+    assert offline["samples"] == {"val": 60, "test": 60}
     # A drop of 1 allows any accuracy: every rule leaves as early as its grid lets it.
     assert offline["rules"]["budget"]["chosen"]["threshold"] == 1
     assert points["budget 1"]["generation_mean_exit_layer"] == 1
+
+    drops = [0.01, 1.0]
+    assert results["max_drops"] == drops
+
+    def chosen_at(drop: float, rule: str) -> float | None:
+        chosen = results["offline"][str(drop)]["rules"][rule]["chosen"]
+        return None if chosen is None else chosen["threshold"]
+
+    # Each point lists the drops at which the val selection chose it, and every choice is listed
+    # once: full depth is a budget of every layer (or no choice at all, timed as the baseline).
+    choices = [(drop, rule) for drop in drops for rule in results["offline"][str(drop)]["rules"]
+               if chosen_at(drop, rule) is not None]
+    assert sum(len(row["max_drops"]) for row in points.values()) == len(choices)
     for label, row in points.items():
         assert row["tokens_per_s"] > 0, label
-        assert min(row["max_drops"] or [1]) <= 1
+        if label == "full depth":
+            picked = [d for d in drops if (chosen_at(d, "budget") or 0) >= results["num_layers"]]
+        else:
+            picked = [d for d in drops if chosen_at(d, row["rule"]) == row["threshold"]]
+            assert picked, label
+        assert row["max_drops"] == picked, label
         if "decoder_teacher_forced" in row:
             # kv=recompute: the decoder scores the same 60 test tokens as the offline
             # simulation (float32 here, so allow a token's worth of round-off)

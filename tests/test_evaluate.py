@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_train
+from conftest import TINY, compose_train
+from entry_points import run_evaluate
 
 from aligned.config import ConfigError
 from aligned.evaluation import LoadedCheckpoint, check_comparable, evaluation_dataloader
@@ -30,14 +28,7 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     }
 
 
-def run_evaluate(*overrides: str, out: Path, env: dict | None = None):
-    return subprocess.run(
-        [sys.executable, "evaluate.py", f"hydra.run.dir={out}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
-    )
-
-
+@pytest.mark.slow
 def test_evaluate_writes_json_figures_and_report(checkpoints, tmp_path):
     done = run_evaluate(f"ckpt_path={checkpoints['aligned']}",
                         f"compare_to={checkpoints['standard']}", "early_exit.run=true",
@@ -85,6 +76,7 @@ def test_evaluate_writes_json_figures_and_report(checkpoints, tmp_path):
         assert f"({figure}.png)" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_layer_accuracy_matches_the_trained_model(checkpoints, tmp_path):
     """evaluate.py's last-layer accuracy equals Lightning's test accuracy for the checkpoint."""
     from aligned.training.checkpoints import load_system, read_checkpoint
@@ -98,6 +90,7 @@ def test_layer_accuracy_matches_the_trained_model(checkpoints, tmp_path):
     assert not system.training
 
 
+@pytest.mark.slow
 def test_evaluate_logs_to_wandb_offline(checkpoints, tmp_path):
     done = run_evaluate(f"ckpt_path={checkpoints['aligned']}", "wandb=true", out=tmp_path,
                         env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
@@ -109,6 +102,7 @@ def test_evaluate_logs_to_wandb_offline(checkpoints, tmp_path):
     assert any(name.startswith("layer_accuracy") and name.endswith(".png") for name in files)
 
 
+@pytest.mark.slow
 def test_missing_truncated_and_foreign_checkpoints_are_clear_errors(checkpoints, tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(Path(checkpoints["aligned"]).read_bytes()[:2000])
@@ -125,6 +119,7 @@ def test_missing_truncated_and_foreign_checkpoints_are_clear_errors(checkpoints,
         assert message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     ([], "Give the checkpoint to analyse"),
     (["ckpt_path=x.ckpt", "early_exit.max_drop=-1"],
@@ -158,6 +153,7 @@ def test_compare_to_needs_the_same_data_and_depth(other, message):
                      same_depth=False)
 
 
+@pytest.mark.slow
 def test_a_model_override_the_checkpoint_has_no_key_for_is_a_clear_error(checkpoints, tmp_path):
     done = run_evaluate(f"ckpt_path={checkpoints['aligned']}", "model.name_or_path=/x",
                         out=tmp_path)

@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 import timm
 import torch
-from test_backbones import tiny_bert_dir
+from tiny_models import (
+    LOSSES,
+    NUM_CLASSES,
+    NUM_LAYERS,
+    bert_batches,
+    tiny_bert_system,
+    tiny_vit_system,
+    vit_batches,
+)
 
-from aligned.analysis.layerwise_pass import ExitSignalCache, collect_exit_signals
+from aligned.analysis.head_statistics import head_statistics
 from aligned.config import ConfigError
 from aligned.early_exit.inference import EarlyExitClassifier
 from aligned.early_exit.offline import (
@@ -32,28 +40,31 @@ from aligned.early_exit.rules import (
     LayerSignals,
     PatienceRule,
     StateRule,
+    decide,
     make_rule,
-    split_rows,
 )
+from aligned.early_exit.signals import ExitSignals, collect_exit_signals
 from aligned.models.backbones.base import LayerwiseBackbone
 from aligned.training.system import LayerwiseClassifier, unpack
-
-LOSSES = {"aligned": "aligned.models.objectives.AlignedObjective",
-          "multiexit": "aligned.models.objectives.MultiExitObjective"}
-NUM_LAYERS, NUM_CLASSES = 4, 5
 
 # ----------------------------------------------------------------------------- rules
 
 
-def decide(rule: ExitRule, logits: list[list[list[float]]], cosine=None) -> list[int]:
+def signals_of(logits: np.ndarray, cosine: np.ndarray | None = None,
+               labels: np.ndarray | None = None) -> ExitSignals:
+    """The exit signals of per-sample, per-layer logits (B, L, C), as a pass computes them."""
+    statistics = head_statistics(torch.as_tensor(logits, dtype=torch.float64))
+    size, layers = logits.shape[:2]
+    return ExitSignals(np.zeros(size, dtype=int) if labels is None else labels,
+                       *(values.numpy() for values in statistics),
+                       np.full((size, layers), np.nan) if cosine is None else np.asarray(cosine),
+                       num_classes=logits.shape[-1])
+
+
+def decide_all(rule: ExitRule, logits: list[list[list[float]]], cosine=None) -> list[int]:
     """Exit layers (1..L) of hand-made per-layer logits (L, B, C) under ``rule``."""
-    cache = ExitSignalCache(
-        labels=np.zeros(len(logits[0]), dtype=int),
-        logits=np.asarray(logits, dtype=np.float64).transpose(1, 0, 2),
-        layer_cosine=np.asarray(cosine if cosine is not None
-                                else np.full((len(logits[0]), len(logits)), np.nan)),
-    )
-    return simulate(rule, cache).exit_layers.tolist()
+    signals = signals_of(np.asarray(logits).transpose(1, 0, 2), cosine)
+    return simulate(rule, signals).exit_layers.tolist()
 
 
 SURE, UNSURE = [5.0, 0.0, 0.0], [0.1, 0.0, 0.0]  # p(top) = 0.987 and 0.356
@@ -62,14 +73,14 @@ OTHER = [0.0, 5.0, 0.0]
 
 def test_confidence_rule_exits_at_the_first_confident_layer():
     logits = [[UNSURE, SURE, UNSURE], [SURE, SURE, UNSURE], [UNSURE, SURE, UNSURE]]  # (L, B, C)
-    assert decide(ConfidenceRule(0.9), logits) == [2, 1, 3]  # every sample leaves at L at last
-    assert decide(ConfidenceRule(0.3), logits) == [1, 1, 1]
+    assert decide_all(ConfidenceRule(0.9), logits) == [2, 1, 3]  # every sample leaves at L at last
+    assert decide_all(ConfidenceRule(0.3), logits) == [1, 1, 1]
 
 
 def test_entropy_rule_uses_nats_up_to_log_c():
     logits = [[UNSURE, SURE], [SURE, SURE]]
-    assert decide(EntropyRule(0.1), logits) == [2, 1]
-    assert decide(EntropyRule(math.log(3)), logits) == [1, 1]  # log C: everything exits
+    assert decide_all(EntropyRule(0.1), logits) == [2, 1]
+    assert decide_all(EntropyRule(math.log(3)), logits) == [1, 1]  # log C: everything exits
     assert EntropyRule.grid(6, 3)[-1] == pytest.approx(math.log(3))
 
 
@@ -77,22 +88,22 @@ def test_patience_counts_consecutive_unchanged_predictions_per_sample():
     # sample 0: A A A A; sample 1: A B A A; sample 2: A B B B
     logits = [[SURE, SURE, SURE], [SURE, OTHER, OTHER], [SURE, SURE, OTHER],
               [SURE, SURE, OTHER]]
-    assert decide(PatienceRule(1), logits) == [2, 4, 3]
-    assert decide(PatienceRule(2), logits) == [3, 4, 4]
-    assert decide(PatienceRule(4), logits) == [4, 4, 4]  # t >= L never exits early
+    assert decide_all(PatienceRule(1), logits) == [2, 4, 3]
+    assert decide_all(PatienceRule(2), logits) == [3, 4, 4]
+    assert decide_all(PatienceRule(4), logits) == [4, 4, 4]  # t >= L never exits early
 
 
 def test_state_rule_reads_consecutive_cosine_and_never_exits_at_layer_one():
     logits = [[SURE, SURE]] * 3
     cosine = [[np.nan, 0.5, 0.99], [np.nan, 0.95, 0.2]]  # (B, L)
-    assert decide(StateRule(0.9), logits, cosine) == [3, 2]
-    assert decide(StateRule(0.0), logits, cosine) == [2, 2]
+    assert decide_all(StateRule(0.9), logits, cosine) == [3, 2]
+    assert decide_all(StateRule(0.0), logits, cosine) == [2, 2]
 
 
 def test_budget_rule_exits_everyone_at_its_depth():
     logits = [[SURE, UNSURE]] * 3
-    assert decide(BudgetRule(2), logits) == [2, 2]
-    assert decide(BudgetRule(5), logits) == [3, 3]
+    assert decide_all(BudgetRule(2), logits) == [2, 2]
+    assert decide_all(BudgetRule(5), logits) == [3, 3]
 
 
 def test_patience_state_follows_the_survivors():
@@ -108,10 +119,20 @@ def test_patience_state_follows_the_survivors():
     assert leaving.tolist() == [True, False]
 
 
-def test_split_rows_gives_leaving_and_staying_indices_in_batch_order():
-    leaving = torch.tensor([False, True, False, True, True, False])
-    out, stay = split_rows(leaving, int(leaving.sum()))
-    assert out.tolist() == [1, 3, 4] and stay.tolist() == [0, 2, 5]
+def test_decide_gives_leavers_and_stayers_in_batch_order_and_everyone_leaves_at_l():
+    rule, state = PatienceRule(1), PatienceRule(1).initial_state(6, "cpu")
+    state["previous"] = torch.tensor([1, 0, 1, 0, 0, 0])
+    logits = torch.tensor([SURE, SURE, SURE, SURE, SURE, OTHER])  # top-1: 0 0 0 0 0 1
+    decision = decide(rule, 2, 3, LayerSignals(logits), state)
+    assert (decision.count, decision.size) == (3, 6)
+    assert decision.leaving.tolist() == [1, 3, 4] and decision.staying.tolist() == [0, 2, 5]
+    assert decision.predictions.tolist() == [0, 0, 0]
+    assert decision.state["previous"].tolist() == [0, 0, 1]  # the stayers' rows only
+    nobody = decide(rule, 1, 3, LayerSignals(logits), rule.initial_state(6, "cpu"))
+    assert nobody.count == 0 and nobody.leaving is None and nobody.predictions is None
+    everyone = decide(rule, 3, 3, LayerSignals(logits), rule.initial_state(6, "cpu"))
+    assert everyone.count == everyone.size == 6
+    assert everyone.predictions.tolist() == [0, 0, 0, 0, 0, 1]
 
 
 @pytest.mark.parametrize("name, threshold, message", [
@@ -147,8 +168,9 @@ def test_operating_point_is_the_shallowest_within_the_drop_on_val():
 def test_summary_selects_on_val_and_reports_on_test():
     rng = np.random.default_rng(0)
     def cache(n):  # noqa: E306
-        return ExitSignalCache(rng.integers(0, 3, n), rng.normal(size=(n, 3, 3)) * 3,
-                               np.concatenate([np.full((n, 1), np.nan), rng.random((n, 2))], 1))
+        return signals_of(rng.normal(size=(n, 3, 3)) * 3,
+                          np.concatenate([np.full((n, 1), np.nan), rng.random((n, 2))], 1),
+                          labels=rng.integers(0, 3, n))
     val, test = cache(40), cache(50)
     summary = early_exit_summary(val, test, max_drop=0.05)
     assert set(summary["rules"]) == set(RULES)
@@ -165,23 +187,6 @@ def test_summary_selects_on_val_and_reports_on_test():
 # ----------------------------------------------------------------------------- real inference
 
 
-def tiny_vit_system(loss: str) -> LayerwiseClassifier:
-    torch.manual_seed(0)
-    model = {"_target_": "aligned.models.backbones.timm_vit.TimmViT",
-             "name": "vit_tiny_patch16_224",
-             "num_classes": NUM_CLASSES, "img_size": 8, "in_chans": 1, "patch_size": 4,
-             "embed_dim": 16, "depth": NUM_LAYERS, "num_heads": 2}
-    return LayerwiseClassifier(model, {"_target_": LOSSES[loss]})
-
-
-def tiny_bert_system(loss: str, tmp_path) -> LayerwiseClassifier:
-    model = {"_target_": "aligned.models.backbones.hf_encoder.HFEncoder",
-             "name_or_path": tiny_bert_dir(tmp_path, NUM_CLASSES), "num_classes": NUM_CLASSES,
-             "pooling": "mean"}
-    torch.manual_seed(0)
-    return LayerwiseClassifier(model, {"_target_": LOSSES[loss]})
-
-
 def sharpen(system: LayerwiseClassifier) -> LayerwiseClassifier:
     """Float64, eval mode, and larger head weights so that a random model's confidences spread
     over (0, 1) and the rules exit at different layers."""
@@ -193,28 +198,6 @@ def sharpen(system: LayerwiseClassifier) -> LayerwiseClassifier:
     return system
 
 
-def vit_batches(count: int, batch_size: int) -> list:
-    generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(batch_size, 1, 8, 8, generator=generator, dtype=torch.float64),
-             torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator))
-            for _ in range(count)]
-
-
-def bert_batches(count: int, batch_size: int) -> list:
-    generator = torch.Generator().manual_seed(1)
-    batches = []
-    for index in range(count):
-        width = 7 - 2 * (index % 2)  # batches padded to different lengths, as a loader pads
-        ids = torch.randint(4, 50, (batch_size, width), generator=generator)
-        lengths = torch.randint(2, width + 1, (batch_size,), generator=generator)
-        mask = (torch.arange(width)[None] < lengths[:, None]).long()  # padding varies per sample
-        batches.append({"input_ids": ids * mask, "attention_mask": mask,
-                        "token_type_ids": torch.zeros_like(ids),
-                        "labels": torch.randint(0, NUM_CLASSES, (batch_size,),
-                                                generator=generator)})
-    return batches
-
-
 def between_observed(values: np.ndarray, quantile: float) -> float:
     """A threshold halfway between two neighbouring observed values near ``quantile``: no
     sample sits on it, so round-off cannot flip a decision."""
@@ -223,14 +206,11 @@ def between_observed(values: np.ndarray, quantile: float) -> float:
     return float((distinct[k] + distinct[k + 1]) / 2)
 
 
-def rules_for(cache: ExitSignalCache) -> list[ExitRule]:
-    probabilities = torch.from_numpy(cache.logits).softmax(-1)
-    confidence = probabilities.max(-1).values.numpy()
-    entropy = -(probabilities * probabilities.log()).sum(-1).numpy()
-    return [ConfidenceRule(between_observed(confidence, 0.5)),
-            EntropyRule(between_observed(entropy, 0.5)),
+def rules_for(signals: ExitSignals) -> list[ExitRule]:
+    return [ConfidenceRule(between_observed(signals.confidence, 0.5)),
+            EntropyRule(between_observed(signals.entropy, 0.5)),
             PatienceRule(1), PatienceRule(2),
-            StateRule(between_observed(cache.layer_cosine, 0.5)),
+            StateRule(between_observed(signals.cosine, 0.5)),
             BudgetRule(2), BudgetRule(0.5), BudgetRule(2.5), BudgetRule(NUM_LAYERS + 1)]
 
 
@@ -432,7 +412,7 @@ def test_a_rule_that_reads_the_cosine_must_read_from_layer_one():
             return 2
 
     with pytest.raises(ValueError, match="must read from layer 1"):
-        decide(LateStateRule(0.5), [[SURE]] * 3, [[0.9] * 3])
+        decide_all(LateStateRule(0.5), [[SURE]] * 3, [[0.9] * 3])
 
 
 def test_batch_size_one_equals_batch_size_64():

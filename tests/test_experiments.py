@@ -12,17 +12,19 @@ from pathlib import Path
 import pytest
 from causal_lm_helpers import save_tiny_lm, write_corpus
 from conftest import CONF, compose_train
-from test_bbc_news_data import use_bbc_tree, write_bbc_tree
-from test_evaluate import run_evaluate
-from test_glue_data import GLUE_FILES
-from test_mnist_data import write_mnist_csv
-from test_vision_data import (
+from data_files import (
     CLASSES,
+    GLUE_FILES,
     trust_written_files,
+    use_bbc_tree,
+    write_bbc_tree,
     write_cifar10,
     write_cifar100,
+    write_glue,
     write_image_tree,
+    write_mnist_csv,
 )
+from entry_points import run_evaluate
 from torchvision.datasets import CIFAR10, CIFAR100
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -40,14 +42,6 @@ RUN_BRIEFLY = [
 TINY_TIMM = ["model.pretrained=false", "+model.depth=2", "+model.embed_dim=32",
              "+model.num_heads=2"]
 VISION = ["data.batch_size=4", "data.num_workers=0"]
-
-
-def write_glue(root: Path) -> Path:
-    for task, files in GLUE_FILES.items():
-        (root / task).mkdir(parents=True)
-        for name, rows in files.items():
-            (root / task / name).write_text("".join("\t".join(r) + "\n" for r in rows))
-    return root
 
 
 def write_tiny_bert(path: Path) -> Path:
@@ -110,7 +104,8 @@ def stand_ins(name: str, root: Path, monkeypatch) -> list[str]:
                 "model.architecture.num_attention_heads=4",
                 "model.architecture.num_key_value_heads=2"]
     if name == "smollm2_bbc":  # a tiny random LLaMA in SmolLM2's place, .txt files for BBC News
-        lm, corpus = save_tiny_lm(root / "llama", "llama", layers=2), write_corpus(root / "corpus", 30)
+        lm = save_tiny_lm(root / "llama", "llama", layers=2)
+        corpus = write_corpus(root / "corpus", 30)
         return [f"model.name_or_path={lm}", f"data.source={corpus}",
                 f"data.cache_dir={root / 'cache'}", "data.max_length=16", "data.batch_size=4",
                 "data.eval_batch_size=4", "+data.val_fraction=0.2", "+data.test_fraction=0.2",
@@ -135,6 +130,7 @@ def test_experiment_runs_on_tiny_stand_ins(name, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
 
 
+@pytest.mark.slow
 def test_an_hf_checkpoint_evaluates_after_its_model_directory_moved(tmp_path, monkeypatch):
     """The checkpoint stores where the model's config and tokenizer were when it trained; on
     another machine (here: the directory moved) evaluate.py says so and takes the new place."""

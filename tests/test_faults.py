@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY
+from conftest import OLD_CHECKPOINT, ROOT, TINY
+from entry_points import RESUMABLE, completed_epoch, env, train_py
 from omegaconf import OmegaConf
-from test_resume_ddp import RESUMABLE, completed_epoch, env, train_py
 
 from aligned.config import ConfigError
 from aligned.training import run_directory
@@ -26,6 +26,7 @@ from aligned.typed_settings import describe, matches
 # ---------------------------------------------------------------- run directories
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_their_own_directories(tmp_path):
     """Both with the default run directory, from the same working directory, in one second."""
     processes = [
@@ -45,6 +46,7 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path):
         assert f"seed={seed}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_a_directory_in_use_by_a_live_run_is_refused_and_left_alone(tmp_path):
     run_dir = tmp_path / "shared"
     holder = subprocess.Popen(  # a live run's lock, as train() takes it
@@ -82,6 +84,7 @@ def test_a_used_directory_needs_resume_or_overwrite(tiny_train_cfg, tmp_path):
     assert not (run_dir / "checkpoints" / "epoch041.ckpt").exists()  # nothing of the old run
 
 
+@pytest.mark.slow
 def test_the_lock_is_released_when_training_ends_and_ranks_above_zero_skip_it(tmp_path,
                                                                               monkeypatch):
     run_directory.lock(tmp_path / "a")
@@ -116,6 +119,7 @@ def test_a_setting_of_the_wrong_type_is_named_with_what_it_accepts(tiny_train_cf
         train(tiny_train_cfg(override))
 
 
+@pytest.mark.slow
 def test_evaluate_checks_its_own_keys(tmp_path):
     done = subprocess.run(
         [sys.executable, "evaluate.py", "ckpt_path=any.ckpt", "early_exit.enabled=no",
@@ -141,6 +145,7 @@ def test_the_type_check_reads_unions_literals_and_lists():
 # ---------------------------------------------------------------- signals
 
 
+@pytest.mark.slow
 def test_sigterm_saves_says_how_to_resume_and_the_resumed_run_matches(tmp_path):
     overrides = RESUMABLE
     uninterrupted = subprocess.run(train_py(*overrides, f"hydra.run.dir={tmp_path}/full"),
@@ -174,6 +179,7 @@ def test_sigterm_saves_says_how_to_resume_and_the_resumed_run_matches(tmp_path):
     assert again["layer_accuracy"] == full["layer_accuracy"]
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_sweep_stops_it_names_what_did_not_run_and_summarises_the_rest(tmp_path):
     sweep_dir = tmp_path / "sweep"
     process = subprocess.Popen(
@@ -257,9 +263,8 @@ def test_the_checkpoints_own_split_shares_no_sample_with_its_training_split():
                      "fraction": 227 / 360}
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_another_split_unless_allowed_and_then_records_the_overlap(tmp_path):
-    from test_layout import OLD_CHECKPOINT
-
     def evaluate_py(*overrides: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "evaluate.py", f"ckpt_path={OLD_CHECKPOINT}",
@@ -303,9 +308,8 @@ def test_resuming_a_finished_run_adds_no_training_time(tiny_train_cfg, tmp_path)
     assert again["train_time_s"] == round(trained, 2) <= first["train_time_s"]
 
 
+@pytest.mark.slow
 def test_a_missing_compare_to_names_compare_to(tmp_path):
-    from test_layout import OLD_CHECKPOINT
-
     done = subprocess.run(
         [sys.executable, "evaluate.py", f"ckpt_path={OLD_CHECKPOINT}", "compare_to=/nope.ckpt",
          f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=env(), capture_output=True, text=True,

@@ -13,193 +13,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import compose_train
+from data_files import GLUE_FILES, write_glue
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from aligned.config import ConfigError, build
 from aligned.data import glue
 from aligned.data.glue import GlueDataModule, find_task
-
-MNLI_TRAIN_HEADER = (
-    "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-    "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label",
-)
-MNLI_DEV_HEADER = (*MNLI_TRAIN_HEADER[:-1], "label2", "label3", "label4", "label5", "gold_label")
-STSB_HEADER = (
-    "index", "genre", "filename", "year", "old_index", "source1", "source2",
-    "sentence1", "sentence2", "score",
-)
-
-
-def mnli_row(index: int, premise: str, hypothesis: str, labels: tuple[str, ...]) -> tuple:
-    parse = "( ( a parse ) tree )"
-    return (str(index), "31193", f"{index}n", "fiction", parse, parse, "(ROOT (S))", "(ROOT (S))",
-            premise, hypothesis, *labels)
-
-
-# Rows of each file as GLUE's download script writes them (tab-separated, first row the header
-# except in CoLA), and the label ids the hub copy gives the same rows.
-GLUE_FILES = {
-    "CoLA": {
-        "train.tsv": [
-            ("gj04", "1", "", "Our friends won't buy this analysis, let alone the next one."),
-            ("gj04", "1", "", "One more pseudo generalization and I'm giving up."),
-            ("gj04", "0", "*", "They drank the pub."),
-            ("clc95", "0", "*", "The more we study verbs, the crazier they get get."),
-        ],
-        "dev.tsv": [
-            ("gj04", "1", "", "The sailors rode the breeze clear of the rocks."),
-            ("gj04", "0", "*", "The weights were drank."),
-        ],
-    },
-    "SST-2": {
-        "train.tsv": [
-            ("sentence", "label"),
-            ("hide new secretions from the parental units ", "0"),
-            ('" a stray quote opens this review , and never closes ', "1"),  # as in SST-2
-            ("contains no wit , only labored gags ", "0"),
-            ("the greatest musicians ", "1"),
-        ],
-        "dev.tsv": [
-            ("sentence", "label"),
-            ("it 's a charming and often affecting journey . ", "1"),
-            ("unflinchingly bleak and desperate ", "0"),
-        ],
-    },
-    "MRPC": {  # the header keeps the byte-order mark of Microsoft's msr_paraphrase_train.txt
-        "train.tsv": [
-            ("\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
-            ("1", "702876", "702977", 'Amrozi accused his brother , whom he called " the witness '
-             '" , of deliberately distorting his evidence .', 'Referring to him as only " the '
-             'witness " , Amrozi accused his brother of deliberately distorting his evidence .'),
-            ("0", "2108705", "2108831", "Yucaipa owned Dominick 's before selling the chain to "
-             "Safeway in 1998 for $ 2.5 billion .", "Yucaipa bought Dominick 's in 1995 for $ 693 "
-             "million and sold it to Safeway for $ 1.8 billion in 1998 ."),
-        ],
-        "dev.tsv": [
-            ("\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
-            ("1", "1355540", "1355592", "He said the foodservice pie business does not fit .",
-             "The foodservice pie business does not fit , he said ."),
-            ("0", "2029631", "2029565", "Magnarelli said Racicot hated the Iraqi regime .",
-             "His wife said he was 100 percent behind George Bush ."),
-        ],
-    },
-    "QQP": {
-        "train.tsv": [
-            ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
-            ("133273", "213221", "213222", "How is the life of a math student?",
-             "Which level of preparation is enough for the exam?", "0"),
-            ("402555", "536040", "536041", "How do I control my emotions?",
-             "How do you control your emotions?", "1"),
-            ("201841", "303345"),  # a broken row, as QQP has: skipped like the hub copy skips it
-            ("360472", "364011", "490273", "What causes stool color to change to yellow?",
-             "What can cause stool to come out as little balls?", "0"),
-        ],
-        "dev.tsv": [
-            ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
-            ("40066", "64932", "64933", "What is the best way to learn Python?",
-             "How do I learn Python quickly?", "1"),
-            ("5984", "9720", "9721", "Why do cats purr?", "What is the capital of Peru?", "0"),
-        ],
-    },
-    "STS-B": {
-        "train.tsv": [
-            STSB_HEADER,
-            ("0", "main-captions", "MSRvid", "2012test", "0001", "none", "none",
-             "A plane is taking off.", "An air plane is taking off.", "5.000"),
-            ("1", "main-captions", "MSRvid", "2012test", "0004", "none", "none",
-             "A man is playing a large flute.", "A man is playing a flute.", "3.800"),
-            ("2", "main-news", "headlines", "2013", "0010", "none", "none",
-             "Obama signs the bill.", "A cat sleeps on the sofa.", "0.000"),
-        ],
-        "dev.tsv": [
-            STSB_HEADER,
-            ("0", "main-captions", "MSRvid", "2012test", "0000", "none", "none",
-             "A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", "5.000"),
-            ("1", "main-captions", "MSRvid", "2012test", "0002", "none", "none",
-             "A young child is riding a horse.", "A child is riding a horse.", "4.750"),
-        ],
-    },
-    "MNLI": {
-        "train.tsv": [
-            MNLI_TRAIN_HEADER,
-            mnli_row(0, "Conceptually cream skimming has two basic dimensions - product and "
-                     "geography.", "Product and geography are what make cream skimming work. ",
-                     ("neutral", "neutral")),
-            mnli_row(1, "you know during the season and i guess at at your level uh you lose "
-                     "them to the next level", "You lose the things to the following level if "
-                     "the people recall.", ("entailment", "entailment")),
-            mnli_row(2, "One of our number will carry out your instructions minutely.",
-                     "A member of my team will execute your orders with immense precision.",
-                     ("entailment", "entailment")),
-            mnli_row(3, "How do you know? All this is their information again.",
-                     "This information belongs to them.", ("contradiction", "contradiction")),
-        ],
-        "dev_matched.tsv": [
-            MNLI_DEV_HEADER,
-            mnli_row(0, "The new rights are nice enough", "Everyone really likes the newest "
-                     "benefits ", ("neutral",) * 6),
-            mnli_row(1, "This site includes a list of all award winners.", "The Government "
-                     "Executive articles housed on the website are not able to be searched.",
-                     ("contradiction",) * 6),
-        ],
-        "dev_mismatched.tsv": [
-            MNLI_DEV_HEADER,
-            mnli_row(0, "Your contribution helped make it possible for us to provide our "
-                     "students with a quality education.", "Your contributions were of no help.",
-                     ("contradiction",) * 6),
-            mnli_row(1, "The answer has nothing to do with their cause.", "The answer is "
-                     "unrelated to their cause.", ("entailment",) * 6),
-            mnli_row(2, "But there are two kinds of the pleasure of hoping.", "There are two "
-                     "kinds of hope.", ("neutral",) * 6),
-        ],
-    },
-    "QNLI": {
-        "train.tsv": [
-            ("index", "question", "sentence", "label"),
-            ("0", "When did the third Digimon series begin?", "Unlike the two seasons before it, "
-             "Digimon Tamers takes a darker and more realistic approach.", "not_entailment"),
-            ("1", "What two things does Popper argue Tarski's theory involves?", "He bases this "
-             "on two things: assertions and the facts to which they refer.", "entailment"),
-        ],
-        "dev.tsv": [
-            ("index", "question", "sentence", "label"),
-            ("0", "What came into force after the new constitution was herald?", "As of that "
-             "day, the new constitution heralding the Second Republic came into force.",
-             "entailment"),
-        ],
-    },
-    "RTE": {
-        "train.tsv": [
-            ("index", "sentence1", "sentence2", "label"),
-            ("0", "No Weapons of Mass Destruction Found in Iraq Yet.",
-             "Weapons of Mass Destruction Found in Iraq.", "not_entailment"),
-            ("1", "A place of sorrow, after Pope John Paul II died, became a place of "
-             "celebration.", "Pope Benedict XVI is the new leader of the Church.", "entailment"),
-        ],
-        "dev.tsv": [
-            ("index", "sentence1", "sentence2", "label"),
-            ("0", "Dana Reeve, the widow of the actor Christopher Reeve, has died of lung "
-             "cancer at age 44.", "Christopher Reeve had an accident.", "not_entailment"),
-            ("1", "Yet, we now are discovering that antibiotics are losing their "
-             "effectiveness.", "Bacteria is winning the war against antibiotics.", "entailment"),
-        ],
-    },
-    "WNLI": {
-        "train.tsv": [
-            ("index", "sentence1", "sentence2", "label"),
-            ("0", "I stuck a pin through a carrot. When I pulled the pin out, it had a hole.",
-             "The carrot had a hole.", "1"),
-            ("1", "Steve follows Fred's example in everything. He influences him hugely.",
-             "Steve influences him hugely.", "0"),
-        ],
-        "dev.tsv": [
-            ("index", "sentence1", "sentence2", "label"),
-            ("0", "The drain is clogged with hair. It has to be cleaned.",
-             "The hair has to be cleaned.", "0"),
-        ],
-    },
-}
 
 # Label ids per split (val = dev, test = dev; MNLI: dev_matched, dev_mismatched), hub order.
 EXPECTED_LABELS = {
@@ -230,13 +50,7 @@ SEP = "[SEP]"
 
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("glue")
-    for task, files in GLUE_FILES.items():
-        (root / task).mkdir()
-        for name, rows in files.items():
-            lines = ("\t".join(row) + "\n" for row in rows)
-            (root / task / name).write_text("".join(lines), encoding="utf-8")
-    return root
+    return write_glue(tmp_path_factory.mktemp("glue"))
 
 
 @pytest.fixture(scope="module")

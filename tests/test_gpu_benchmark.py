@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
-from test_exit import tiny_vit_system, vit_batches
+from tiny_models import tiny_vit_system, vit_batches
 
 from aligned.early_exit.inference import EarlyExitClassifier
 

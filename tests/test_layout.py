@@ -57,6 +57,7 @@ def test_every_package_exports_what_its_all_names(package):
         assert getattr(module, name) is not None, f"{package}.{name}"
 
 
+@pytest.mark.slow
 def test_a_vit_never_imports_transformers():
     code = ("import sys; from aligned.models import TimmViT, AlignedObjective; "
             "print('transformers' in sys.modules)")  # (lightning itself imports it)

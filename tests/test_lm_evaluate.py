@@ -107,7 +107,18 @@ def test_a_pretrained_lm_as_it_is_matches_the_hf_model_token_by_token(files, tmp
     batches = math.ceil(ref.sequences / 4)
     assert evaluation["similarity_tokens"] == {"cos": tokens, "cka": 8 * batches,
                                                "max_tokens_per_batch": 8, "seed": 0}
-    assert "early_exit" not in evaluation and "causal LM" in evaluation["early_exit_skipped"]
+    # Early exit as for classifiers, on the tokens' head statistics (the test split's from this
+    # pass): depth L of the budget rule is full depth, read with one head call a token.
+    early_exit = evaluation["early_exit"]
+    assert early_exit["samples"]["test"] == tokens and early_exit["samples"]["val"] > 0
+    assert early_exit["full_depth_accuracy"]["test"] == pytest.approx(accuracy[-1], abs=1e-12)
+    assert "kv=recompute" in early_exit["kv_note"]
+    at_full_depth = early_exit["rules"]["budget"]["test_curve"][-1]
+    assert at_full_depth["mean_exit_layer"] == LAYERS and at_full_depth["mean_head_calls"] == 1
+    assert at_full_depth["accuracy"] == pytest.approx(accuracy[-1], abs=1e-12)
+    first_layer = early_exit["rules"]["budget"]["test_curve"][0]
+    assert first_layer["accuracy"] == pytest.approx(accuracy[0], abs=1e-12)
+    assert "early_exit_skipped" not in evaluation
     report = (tmp_path / "report.md").read_text()
     assert f"{tokens} next-token predictions" in report and "perplexity" in report
     for figure in ("layer_accuracy", "layer_perplexity", "similarity", "cos_to_last",

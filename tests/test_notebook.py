@@ -62,6 +62,7 @@ def figures(notebook) -> int:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "optional, num_figures",
     # run accuracy; sweep; COS/CKA heatmaps, COS(l, L), confidence, saturation

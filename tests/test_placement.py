@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_evaluate, compose_train
-from test_exit import tiny_vit_system, vit_batches
+from tiny_models import tiny_vit_system, vit_batches
 
-from aligned.analysis import layerwise_pass
-from aligned.analysis.layerwise_pass import collect_exit_signals, run_layerwise_pass
+from aligned.analysis import similarity
+from aligned.analysis.layerwise_pass import run_layerwise_pass
 from aligned.config import ConfigError
 from aligned.early_exit.inference import EarlyExitClassifier, load_early_exit
 from aligned.early_exit.rules import BudgetRule, ConfidenceRule
+from aligned.early_exit.signals import collect_exit_signals
 from aligned.evaluation import evaluate
 from aligned.placement import resolve_placement
 from aligned.training.fit import train
@@ -71,7 +72,7 @@ def test_bf16_autocast_wraps_the_model_but_never_the_accumulators(monkeypatch):
 
     monkeypatch.setattr(system.backbone, "run_block", run_block)
     for name in ("MinibatchCKA", "CosAccumulator"):
-        accumulator = getattr(layerwise_pass, name)
+        accumulator = getattr(similarity, name)
         update = accumulator.update
 
         def recording(self, features, update=update):
@@ -89,7 +90,10 @@ def test_bf16_autocast_wraps_the_model_but_never_the_accumulators(monkeypatch):
     # bf16 keeps ~3 significant digits: the similarities move, but only by its round-off.
     np.testing.assert_allclose(outputs.cka, plain.cka, atol=0.05)
     signals = collect_exit_signals(system, batches, progress=False, autocast=placement.autocast)
-    np.testing.assert_allclose(signals.logits, outputs.logits)
+    np.testing.assert_array_equal(signals.top1, outputs.predictions)
+    np.testing.assert_allclose(signals.confidence, outputs.confidences)
+    np.testing.assert_allclose(signals.entropy, outputs.entropies)
+    np.testing.assert_allclose(signals.cosine, outputs.layer_cosine)
 
 
 def test_early_exit_runs_its_blocks_under_the_autocast_it_is_given(monkeypatch):

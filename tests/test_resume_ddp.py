@@ -4,41 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT, TINY
+from entry_points import RESUMABLE, completed_epoch, env, train_py
 
 from aligned.training.callbacks import TrainingTime
 
-# Every training batch, small: each epoch takes long enough (~1-2 s) to kill the run mid-way.
-RESUMABLE = [
-    *(o for o in TINY
-      if not o.startswith(("+trainer.limit_train_batches", "trainer.max_epochs", "logger="))),
-    "data.batch_size=8", "trainer.max_epochs=4", "+trainer.deterministic=true", "logger=csv",
-]
-
-
-def train_py(*overrides: str) -> list[str]:
-    return [sys.executable, "train.py", *overrides]
-
-
-def env() -> dict:
-    return {**os.environ, "PYTHONWARNINGS": "ignore"}
-
-
-def completed_epoch(last: Path) -> int:
-    """The epoch stored in last.ckpt, or -1 while it is missing or still being written."""
-    try:
-        return int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
-    except Exception:  # noqa: BLE001  (partially written file)
-        return -1
+pytestmark = pytest.mark.slow  # every test here starts train.py processes
 
 
 def test_killed_run_resumes_from_its_last_epoch(tmp_path):

@@ -79,6 +79,7 @@ def test_summary_of_a_missing_or_empty_dir_is_a_clear_error(tmp_path):
         summarize_sweep(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_repeated_seed_is_flagged(tmp_path):
     write_run(tmp_path / "first", None, [0.5], 0.5, seed=0)
     write_run(tmp_path / "rerun", None, [0.6], 0.6, seed=0)
@@ -112,6 +113,7 @@ def seed_sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_summary_row_per_loss(seed_sweep):
     jobs = {
         tuple(o for o in yaml.safe_load((path.parent / ".hydra" / "overrides.yaml").read_text())
@@ -129,6 +131,7 @@ def test_multirun_writes_one_summary_row_per_loss(seed_sweep):
     assert "| vit digits aligned | 2 (0 1) |" in (seed_sweep / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_multirun_with_the_joblib_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher")
     done = run_multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -140,6 +143,7 @@ def test_multirun_with_the_joblib_launcher(tmp_path):
     assert all(row["num_seeds"] == "1" for row in rows.values())
 
 
+@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_sweep_nor_its_summary(tmp_path):
     # Job 0 is a config error (3 weights for 2 layers), job 1 is fine: it must still run, the
     # summary must cover it and name the failed job, and the sweep must exit non-zero.
@@ -158,6 +162,7 @@ def run_summary_command(sweep_dir: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_summary_command_rewrites_the_summary(seed_sweep, tmp_path):
     sweep_dir = tmp_path / "copy"  # the sweep as it was before the callback summarised it
     shutil.copytree(seed_sweep, sweep_dir, ignore=shutil.ignore_patterns("*.ckpt", "summary.*"))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import pickle
 import socket
-import struct
 import urllib.error
 from pathlib import Path
 
@@ -14,7 +11,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_train
-from PIL import Image
+from data_files import (
+    CLASSES,
+    FLAT_COLOUR,
+    KNOWN_PIXEL,
+    NUM_TEST,
+    PER_BATCH,
+    trust_written_files,
+    write_cifar10,
+    write_cifar100,
+    write_image_tree,
+)
 from timm.data import resolve_data_config
 from timm.models import get_pretrained_cfg
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -24,116 +31,6 @@ from aligned.data import cifar
 from aligned.data.cifar import CIFARDataModule
 from aligned.data.imagenet import ImageFolderDataModule
 from aligned.training.fit import train
-
-# --- CIFAR's original files: Python 2 pickles of dicts, images as (n, 3072) uint8 rows -------
-
-
-class Py2Str(bytes):
-    """A Python 2 ``str``: Python 3 reads it as bytes with encoding="bytes" (what the CIFAR page
-    shows, keys b"data") and as str with encoding="latin1" (what torchvision uses)."""
-
-
-class Py2Pickler(pickle._Pickler):
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: Py2Str) -> None:
-        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + bytes(obj))
-        self.memoize(obj)
-
-    dispatch[Py2Str] = save_py2_str
-
-
-def py2(value):
-    """Strings (and dict keys) as Python 2 str, recursively."""
-    if isinstance(value, str):
-        return Py2Str(value.encode("latin1"))
-    if isinstance(value, dict):
-        return {py2(k): py2(v) for k, v in value.items()}
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        return [py2(v) for v in value]
-    return value
-
-
-def write_py2_pickle(path: Path, record: dict) -> None:
-    buffer = io.BytesIO()
-    Py2Pickler(buffer, protocol=2).dump(py2(record))
-    path.write_bytes(buffer.getvalue())
-
-
-def random_images(rng: np.random.Generator, n: int) -> np.ndarray:
-    """(n, 3072) rows: the R, G and B planes of a 32x32 image, each row-major."""
-    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-
-
-def trust_written_files(monkeypatch, dataset: type[CIFAR10], folder: Path) -> None:
-    """torchvision checks each file against the real release's md5; give it our files' sums
-    instead (the check itself still runs)."""
-
-    def md5(name: str) -> str:
-        return hashlib.md5((folder / name).read_bytes()).hexdigest()
-
-    def with_md5(entries):
-        return [[name, md5(name)] for name, _ in entries]
-
-    monkeypatch.setattr(dataset, "train_list", with_md5(dataset.train_list))
-    monkeypatch.setattr(dataset, "test_list", with_md5(dataset.test_list))
-    monkeypatch.setattr(dataset, "meta", {**dataset.meta, "md5": md5(dataset.meta["filename"])})
-
-
-PER_BATCH, NUM_TEST = 12, 20  # CIFAR-10: 5 x 12 = 60 training images, 20 test images
-KNOWN_PIXEL = (1, 5, 7, 201)  # test image 0: green channel, row 5, column 7 holds 201
-FLAT_COLOUR = (10, 128, 250)  # test image 1 is one flat RGB colour
-
-
-def write_test_images(rng: np.random.Generator, n: int) -> np.ndarray:
-    data = random_images(rng, n)
-    channel, row, col, value = KNOWN_PIXEL
-    data[0, channel * 1024 + row * 32 + col] = value
-    data[1] = np.repeat(np.array(FLAT_COLOUR, dtype=np.uint8), 1024)
-    return data
-
-
-def write_cifar10(root: Path) -> dict[str, np.ndarray]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    train_data, train_labels = [], []
-    for batch in range(1, 6):
-        data, labels = random_images(rng, PER_BATCH), [(i + batch) % 10 for i in range(PER_BATCH)]
-        write_py2_pickle(folder / f"data_batch_{batch}", {
-            "batch_label": f"training batch {batch} of 5", "labels": labels, "data": data,
-            "filenames": [f"train_{batch}_{i}.png" for i in range(PER_BATCH)],
-        })
-        train_data.append(data)
-        train_labels += labels
-    test_data, test_labels = write_test_images(rng, NUM_TEST), [i % 10 for i in range(NUM_TEST)]
-    write_py2_pickle(folder / "test_batch", {
-        "batch_label": "testing batch 1 of 1", "labels": test_labels, "data": test_data,
-        "filenames": [f"test_{i}.png" for i in range(NUM_TEST)],
-    })
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]
-    write_py2_pickle(folder / "batches.meta",
-                     {"num_cases_per_batch": PER_BATCH, "label_names": names, "num_vis": 3072})
-    return {"train": np.concatenate(train_data), "train_labels": np.array(train_labels),
-            "test": test_data, "test_labels": np.array(test_labels)}
-
-
-def write_cifar100(root: Path, num_train: int = 200, num_test: int = 100) -> np.ndarray:
-    """Returns the test set's fine labels; coarse labels differ, so using them would show."""
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for split, n in (("train", num_train), ("test", num_test)):
-        fine = [(7 * i) % 100 for i in range(n)]
-        data = write_test_images(rng, n) if split == "test" else random_images(rng, n)
-        write_py2_pickle(folder / split, {
-            "filenames": [f"{split}_{i}.png" for i in range(n)], "batch_label": f"{split} batch",
-            "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": data,
-        })
-    write_py2_pickle(folder / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
-                                       "coarse_label_names": [f"coarse{i}" for i in range(20)]})
-    return np.array(fine)
 
 
 @pytest.fixture
@@ -330,21 +227,6 @@ def test_corrupted_files_fail_the_md5_check(cifar10_dir):
 
 
 # --- Class folders (ImageNet layout) ----------------------------------------------------------
-
-CLASSES = ("cat", "dog", "fox")
-
-
-def write_image_tree(root: Path, per_class: dict[str, int] | None = None) -> Path:
-    """``root/{train,val}/<class>/<i>.png``: 4 training and 2 validation 48x40 RGB images."""
-    rng = np.random.default_rng(0)
-    for split, count in (per_class or {"train": 4, "val": 2}).items():
-        for name in CLASSES:
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
 
 
 def image_folder(data_dir: Path, **kwargs) -> ImageFolderDataModule:

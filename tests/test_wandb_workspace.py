@@ -48,6 +48,7 @@ def test_workspace_lays_out_the_layer_panels_and_groups_by_sweep():
                                            "value": "2026-01-02_03-04-05_abc", "disabled": False}]
 
 
+@pytest.mark.slow
 def test_workspace_command_prints_without_network_and_refuses_bad_input(capsys, monkeypatch):
     assert main(["--entity", "someone", "--metric", "mcc", "--layers", "2", "--print"]) == 0
     spec = json.loads(capsys.readouterr().out)

@@ -1,10 +1,13 @@
-"""Building objects from Hydra configs, with errors a user can act on."""
+"""The Hydra configs: where they are, and building objects from them with errors a user can act
+on."""
 
 from __future__ import annotations
 
 import inspect
 import numbers
 import re
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -20,6 +23,21 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(ConfigError):
     """The training loss became NaN or infinite; the message says what to try."""
+
+
+def conf_dir() -> Path:
+    """The directory of ``train.yaml``, ``evaluate.yaml`` and their groups: the package
+    ``aligned.conf``, which is the checkout's ``conf/`` in an editable install (what train.py
+    and evaluate.py read) and a copy of it in an installed wheel."""
+    try:
+        conf = Path(str(files("aligned.conf")))
+    except ModuleNotFoundError:  # an editable install made before the configs were a package
+        conf = None
+    if conf is None or not (conf / "train.yaml").is_file():
+        raise ConfigError(f"This installation of aligned lacks its configs (the package "
+                          f"aligned.conf{f' at {conf}' if conf else ''} with train.yaml). "
+                          "Reinstall it: pip install -e . in a checkout, or pip install .")
+    return conf
 
 
 def positive_int(key: str, value: Any) -> int:

@@ -19,9 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from aligned.analysis import plots
 from aligned.analysis.cross_model_pass import run_cross_model_pass
 from aligned.analysis.layerwise_pass import (
-    ExitSignalCache,
     LayerwiseOutputs,
-    collect_exit_signals,
     feature_batches,
     run_layerwise_pass,
     summarize,
@@ -44,14 +42,15 @@ from aligned.config import (
 )
 from aligned.data.split_overlap import check_split_overrides, training_overlap
 from aligned.early_exit.inference import EarlyExitClassifier
-from aligned.early_exit.offline import (
-    early_exit_summary,
-    matched_comparison,
-    operating_point,
-    simulate,
-)
+from aligned.early_exit.offline import early_exit_summary, matched_comparison, measure, simulate
 from aligned.early_exit.parameter_count import parameter_summary
 from aligned.early_exit.rules import make_rule
+from aligned.early_exit.signals import (
+    ExitSignals,
+    collect_exit_signals,
+    collect_token_signals,
+    signals_of_outputs,
+)
 from aligned.placement import Placement, resolve_placement
 from aligned.training.checkpoints import RUNTIME_MODEL_KEYS, load_system, read_checkpoint
 from aligned.training.system import LayerwiseClassifier, require_classifier
@@ -100,12 +99,15 @@ class LoadedCheckpoint:
 
 
 def analyse_checkpoint(
-    loaded: LoadedCheckpoint, cfg: DictConfig, keep_logits: bool = True,
+    loaded: LoadedCheckpoint, cfg: DictConfig,
     placement: Placement | None = None,
 ) -> tuple[dict[str, Any], LayerwiseOutputs, dict]:
     placement = placement or Placement()
     system, run_config, data_overrides = loaded.system, loaded.run_config, loaded.data_overrides
     require_classifier(system, "evaluate.py's layer-wise analysis")
+    if system.next_token and (cfg.get("early_exit") or {}).get("run", False):
+        raise ConfigError(f"early_exit.run=true runs a classifier's early-exit inference; for a "
+                          f"causal LM, {LM_EXIT_RUN}. Leave early_exit.run=false.")
     system.to(placement.device)
     autocast = placement.autocast
     loader = evaluation_dataloader(run_config, data_overrides, cfg.split)
@@ -115,7 +117,7 @@ def analyse_checkpoint(
                                  cfg.cos_centering, max_tokens, autocast=autocast,
                                  extra_measures=extra_measures(cfg))
     else:
-        outputs = run_layerwise_pass(system, loader, cfg.cos_centering, keep_logits=keep_logits,
+        outputs = run_layerwise_pass(system, loader, cfg.cos_centering,
                                      autocast=autocast, extra_measures=extra_measures(cfg))
     summary = summarize(outputs, cfg.minimal_depth_epsilon, cfg.monotone_tolerance)
     if system.next_token:
@@ -140,21 +142,17 @@ def analyse_checkpoint(
                                                            loaded.split_changes.items()),
                         overlap["in_training_split"], overlap["samples"])
     early_exit = cfg.get("early_exit") or {}
-    if early_exit.get("enabled", False) and system.next_token:
-        # The offline sweep keeps every layer's logits per sample: N x L x V for tokens.
-        summary["early_exit_skipped"] = LM_EARLY_EXIT
-        log.info("early_exit: %s", LM_EARLY_EXIT)
-    elif early_exit.get("enabled", False):
-        signals = {cfg.split: outputs.exit_signals()}
-        for split in SPLITS:  # the other split: a light pass, logits and cosines only
+    if early_exit.get("enabled", False):
+        signals = {cfg.split: signals_of_outputs(outputs, system.backbone.num_classes)}
+        for split in SPLITS:  # the other split: a light pass, the exit signals only
             if split not in signals:
-                signals[split] = collect_exit_signals(
-                    system, evaluation_dataloader(run_config, data_overrides, split),
-                    autocast=autocast,
-                )
+                other = evaluation_dataloader(run_config, data_overrides, split)
+                signals[split] = other_split_signals(system, other, max_sequences, autocast)
         summary["early_exit"] = early_exit_summary(
             signals["val"], signals["test"], early_exit.get("max_drop", 0.01)
         )
+        if system.next_token:
+            summary["early_exit"]["kv_note"] = KV_NOTE
         if early_exit.get("run", False):
             test_loader = evaluation_dataloader(run_config, data_overrides, "test")
             run_at_operating_points(system, summary["early_exit"], signals["test"], test_loader,
@@ -162,11 +160,25 @@ def analyse_checkpoint(
     return summary, outputs, run_config
 
 
-LM_EARLY_EXIT = (
-    "not run for a causal LM: this sweep keeps every layer's logits of every sample (tokens x "
-    "layers x vocabulary); for LMs, the per-token sweep of the rules and early-exit decoding are "
-    "benchmarks/decoding.py (aligned.early_exit.decoding_offline, aligned.early_exit.decoding)"
-)
+KV_NOTE = ("a causal LM's signals are teacher-forced from full-depth states: exact for "
+           "early-exit decoding under kv=recompute")
+LM_EXIT_RUN = ("early-exit decoding is aligned.early_exit.decoding, timed by "
+               "benchmarks/decoding.py")
+
+
+def other_split_signals(system: LayerwiseClassifier, loader: Any, max_sequences: int | None,
+                        autocast: Any) -> ExitSignals:
+    """The exit signals of the split the analysis did not read (val or test)."""
+    if not system.next_token:
+        return collect_exit_signals(system, loader, autocast=autocast)
+    backbone = system.backbone
+
+    def logits_at(layer: int, features: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return system.objective.logits_at(layer, features, backbone.head)
+
+    with autocast():
+        return collect_token_signals(backbone, sequence_subset(loader, max_sequences), logits_at)
 
 
 def language_model_limits(system: LayerwiseClassifier, cfg: DictConfig
@@ -187,7 +199,7 @@ def language_model_limits(system: LayerwiseClassifier, cfg: DictConfig
 
 
 def run_at_operating_points(
-    system: LayerwiseClassifier, early_exit: dict, test: ExitSignalCache, loader: Any,
+    system: LayerwiseClassifier, early_exit: dict, test: ExitSignals, loader: Any,
     autocast: Any = nullcontext,
 ) -> None:
     """Real early-exit inference at each rule's chosen operating point on test, recorded beside
@@ -199,7 +211,7 @@ def run_at_operating_points(
         real, labels = EarlyExitClassifier(system, rule, autocast).predict(loader)
         simulated = simulate(rule, test)
         entry["real"] = {
-            **operating_point(real, labels.numpy(), test.logits.shape[1]),
+            **measure(real, labels.numpy(), test.num_layers),
             "same_predictions": float((real.predictions == simulated.predictions).double().mean()),
             "same_exit_layers": float((real.exit_layers == simulated.exit_layers).double().mean()),
             "equals_simulation": bool(torch.equal(real.predictions, simulated.predictions)

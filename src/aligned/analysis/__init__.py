@@ -13,13 +13,8 @@ are imported by their module names, so that importing this package changes no pl
 
 from aligned.analysis.cca import canonical_similarity, mean_squared_cca, pwcca, svcca
 from aligned.analysis.covariance import CovarianceAccumulator
-from aligned.analysis.layerwise_pass import (
-    ExitSignalCache,
-    LayerwiseOutputs,
-    collect_exit_signals,
-    run_layerwise_pass,
-    summarize,
-)
+from aligned.analysis.head_statistics import HeadStatistics, head_statistics
+from aligned.analysis.layerwise_pass import LayerwiseOutputs, run_layerwise_pass, summarize
 from aligned.analysis.measures import MEASURES, cross_similarity, similarity_matrix
 from aligned.analysis.mutual_knn import mutual_knn
 from aligned.analysis.procrustes import procrustes_distance, procrustes_from_covariances
@@ -45,8 +40,8 @@ __all__ = [
     "MEASURES", "CovarianceAccumulator", "canonical_similarity", "cross_similarity",
     "mean_squared_cca", "mutual_knn", "procrustes_distance", "procrustes_from_covariances",
     "pwcca", "similarity_matrix", "svcca",
-    "CosAccumulator", "ExitSignalCache", "LayerwiseOutputs", "MinibatchCKA",
-    "collect_exit_signals", "cos_similarity", "is_monotone", "layer_accuracy", "linear_cka",
+    "CosAccumulator", "HeadStatistics", "LayerwiseOutputs", "MinibatchCKA",
+    "cos_similarity", "head_statistics", "is_monotone", "layer_accuracy", "linear_cka",
     "minibatch_cka", "minimal_depth", "rbf_cka", "reduce_tokens", "run_layerwise_pass",
     "sample_cosine", "saturation_layers", "saturation_summary", "summarize",
 ]

@@ -196,6 +196,16 @@ def sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.to(torch.float64), b.to(torch.float64), dim=-1, eps=1e-12)
 
 
+def cosine_to_previous(previous: torch.Tensor | None, current: torch.Tensor) -> torch.Tensor:
+    """Each sample's cosine between its features at the previous layer and this one, (B, D) x
+    (B, D) -> (B,) float64 (what CALM's state rule reads); NaN without a previous layer (layer 1:
+    the embeddings are not a layer)."""
+    if previous is None:
+        return torch.full(current.shape[:1], torch.nan, dtype=torch.float64,
+                          device=current.device)
+    return sample_cosine(previous, current)
+
+
 def cos_similarity(
     features: torch.Tensor, other: torch.Tensor | None = None, *, centering: Centering = "samples"
 ) -> torch.Tensor:

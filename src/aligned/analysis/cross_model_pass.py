@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from aligned.analysis.cos import CosAccumulator
-from aligned.analysis.layerwise_pass import Autocast, feature_batches
+from aligned.analysis.layerwise_pass import feature_batches
 from aligned.analysis.measure_pass import ExtraMeasures
-from aligned.analysis.similarity import MIN_SAMPLES_CKA, MinibatchCKA
+from aligned.analysis.model_batches import Autocast
+from aligned.analysis.similarity_pass import SimilarityAccumulators
 from aligned.config import ConfigError
 from aligned.training.system import LayerwiseClassifier
 
@@ -39,13 +39,13 @@ def run_cross_model_pass(
     the reason when the widths differ. ``means``: each model's per-layer feature means (L, D)
     over the split, for COS centred over samples. ``stream`` gives each model's (features,
     labels) per batch (causal LMs: ``token_pass.sampled_token_batches``, a token sample)."""
-    (a, b), widths = systems, []
-    cka = MinibatchCKA(a.num_layers, other_layers=b.num_layers)
-    cos = None
+    a, b = systems
+    similarity = SimilarityAccumulators(
+        a.num_layers, cos_centering, extra_measures,
+        "predicted tokens" if a.next_token else "samples", b.num_layers, means)
     streams = [stream(system, loader, f"cross-model pass ({name})", progress, autocast,
                       with_labels=True)
                for system, loader, name in zip(systems, loaders, "AB", strict=True)]
-    batches = 0
     for index, ((features_a, labels_a), (features_b, labels_b)) in enumerate(
             _zip_strict(*streams)):
         if labels_a.shape != labels_b.shape or not torch.equal(labels_a.cpu(), labels_b.cpu()):
@@ -54,43 +54,24 @@ def run_cross_model_pass(
                 f"samples ({len(labels_a)} vs {len(labels_b)} samples, or other labels); give "
                 "both the same evaluation batches with data.batch_size=<N>."
             )
-        if not widths:
-            widths = [features_a.shape[-1], features_b.shape[-1]]
-            if widths[0] == widths[1]:
-                cos = CosAccumulator(cos_centering, *_means_for(cos_centering, means, a.device))
-        if features_a.shape[1] >= MIN_SAMPLES_CKA:
-            cka.update(features_a, features_b)
-            batches += 1
-        if cos is not None:
-            cos.update(features_a, features_b)
-        if extra_measures is not None:
-            extra_measures.update(features_a, features_b)
-    if batches == 0:
-        raise ConfigError(f"Cross-model CKA needs batches of at least {MIN_SAMPLES_CKA} samples; "
-                          "use data.batch_size=<N> with N >= 4.")
+        similarity.update(features_a, features_b)
+    measured, widths = similarity.compute(), similarity.widths
     return {
         "layers": [a.num_layers, b.num_layers],
         "widths": widths,
-        "cka": cka.compute().tolist(),
-        "cos": None if cos is None else cos.compute().tolist(),
-        **({} if cos is not None else {
+        "cka": measured.cka.tolist(),
+        "cos": None if measured.cos is None else measured.cos.tolist(),
+        **({} if measured.cos is not None else {
             "cos_note": f"COS across models needs equal widths; these are {widths[0]} and "
                         f"{widths[1]} (CKA compares any widths)."}),
         "cos_centering": cos_centering,
-        **(_extra(extra_measures.compute()) if extra_measures is not None else {}),
+        **(_extra(measured.extra) if measured.extra is not None else {}),
     }
 
 
 def _extra(computed: dict[str, Any]) -> dict[str, Any]:
     return {**computed["matrices"], **({"measures": computed["about"]} if computed["about"]
                                        else {})}
-
-
-def _means_for(centering: str, means: tuple[np.ndarray, np.ndarray], device: torch.device
-               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if centering != "samples":
-        return None, None
-    return tuple(torch.as_tensor(mean, dtype=torch.float64, device=device) for mean in means)
 
 
 def _zip_strict(first: Iterable, second: Iterable) -> Iterable[tuple[Any, Any]]:

@@ -1,59 +1,41 @@
 """One evaluation pass over a data split, collecting what every layer-wise analysis needs.
 
-Per sample and layer it keeps only small things (top-1 class, its probability); features are
-reduced on the fly into per-layer class means (for PCA), minibatch CKA and COS accumulators, so
-memory does not grow with N·L·D. COS centred over samples needs every layer's mean before it can
-normalise a vector, so that case makes a second, feature-only pass over the data.
+Per sample and layer it keeps only small things (the head's top-1, confidence and entropy;
+the cosine between consecutive layers' features, which the exit rules also read); features are
+reduced on the fly into per-layer class means (for PCA) and the similarity accumulators
+(``similarity_pass``: COS, minibatch CKA, the other measures), so memory does not grow with
+N·L·D. COS centred over samples needs every layer's mean before it can normalise a vector, so
+that case makes a second, feature-only pass over the data (``feature_batches``).
 
 On a GPU everything stays on the device until the end of the pass (one transfer, not one per
-batch), except the kept logits, which would fill it (ImageNet val: 50,000 x 12 x 1,000); the
-accumulators are float64 there too. ``autocast`` (``aligned.placement``) wraps the model's
-forward and head only, never the accumulators.
-
-For early exit it also keeps every layer's logits (N, L, C) and each sample's cosine between
-consecutive layers' features (N, L), what the exit rules read (``ExitSignalCache``);
-``collect_exit_signals`` is the light pass that gathers only those (the validation split).
+batch); the accumulators are float64 there too. ``autocast`` (``aligned.placement``) wraps the
+model's forward and head only, never the accumulators (``model_batches``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from aligned.analysis import readouts
+from aligned.analysis.cos import cosine_to_previous
+from aligned.analysis.head_statistics import head_statistics
 from aligned.analysis.measure_pass import ExtraMeasures
-from aligned.analysis.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA, sample_cosine
-from aligned.config import ConfigError
-from aligned.training.system import LayerwiseClassifier, require_classifier, unpack
-
-
-@dataclass
-class ExitSignalCache:
-    """Everything an exit rule reads, for every sample and layer (offline simulation)."""
-
-    labels: np.ndarray  # (N,)
-    logits: np.ndarray  # (N, L, C)
-    layer_cosine: np.ndarray  # (N, L) cos(h_{l-1}, h_l) per sample; NaN at layer 1
+from aligned.analysis.model_batches import Autocast, model_batches
+from aligned.analysis.similarity_pass import SimilarityAccumulators
+from aligned.training.system import LayerwiseClassifier, unpack
 
 
 def consecutive_cosine(features: torch.Tensor) -> torch.Tensor:
     """Per-sample cosine between the features of layers l-1 and l, (L, B, D) -> (B, L) float64;
     layer 1 has no predecessor (NaN)."""
-    cosine = sample_cosine(features[:-1], features[1:])  # (L-1, B)
-    first = torch.full((1, features.shape[1]), torch.nan, dtype=torch.float64,
-                       device=features.device)
-    return torch.cat([first, cosine]).T  # (B, L)
-
-
-def _kept(logits: torch.Tensor) -> torch.Tensor:
-    """(L, B, C) logits as (B, L, C) on the CPU, float32 or wider (float64 models stay exact)."""
-    return logits.transpose(0, 1).to(torch.promote_types(logits.dtype, torch.float32)).cpu()
+    return torch.stack([cosine_to_previous(features[layer - 1] if layer else None, current)
+                        for layer, current in enumerate(features)], 1)
 
 
 @dataclass
@@ -61,7 +43,7 @@ class LayerwiseOutputs:
     labels: np.ndarray  # (N,)
     predictions: np.ndarray  # (N, L) top-1 class of the head at each layer
     confidences: np.ndarray  # (N, L) its softmax probability
-    logits: np.ndarray | None  # (N, L, C) when kept (for early-exit simulation)
+    entropies: np.ndarray  # (N, L) the softmax entropy, nats
     layer_cosine: np.ndarray  # (N, L) cos(h_{l-1}, h_l) per sample; NaN at layer 1
     class_means: np.ndarray  # (L, C, D) mean feature per class and layer
     layer_means: np.ndarray  # (L, D) mean feature per layer (COS centred over samples)
@@ -69,29 +51,18 @@ class LayerwiseOutputs:
     cka: np.ndarray  # (L, L)
     extra: dict | None = None  # ExtraMeasures.compute(): other measures' matrices, and about
 
-    def exit_signals(self) -> ExitSignalCache:
-        if self.logits is None:
-            raise ValueError("Early-exit simulation needs the logits: run with keep_logits=True.")
-        return ExitSignalCache(self.labels, self.logits, self.layer_cosine)
 
-
-Autocast = Callable[[], AbstractContextManager]
-
-
-def _batches(
+def head_batches(
     system: LayerwiseClassifier, dataloader: Iterable, desc: str, progress: bool,
     autocast: Autocast,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(features (L, B, D), logits (L, B, C), target (B,)) for each batch, on the system's
-    device, no grad; the forward and head under ``autocast``, nothing after them."""
-    with torch.no_grad():
-        for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
-            inputs, target = unpack(batch)
-            inputs = system.transfer_batch_to_device(inputs, system.device, 0)
-            with autocast():
-                features = system.backbone.layer_features(inputs)
-                logits = system.objective.layer_logits(features, system.backbone.head)
-            yield features, logits, target.to(system.device)
+    """(features (L, B, D), logits (L, B, C), target (B,)) of each batch (``model_batches``)."""
+    def forward(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs, target = unpack(batch)
+        features = system.backbone.layer_features(inputs)
+        return features, system.objective.layer_logits(features, system.backbone.head), target
+
+    return model_batches(system, dataloader, forward, desc, progress, autocast)
 
 
 def feature_batches(system: LayerwiseClassifier, dataloader: Iterable, desc: str,
@@ -99,20 +70,18 @@ def feature_batches(system: LayerwiseClassifier, dataloader: Iterable, desc: str
                     ) -> Iterator[Any]:
     """(L, B, D) features of each batch, no head (the second COS pass, the cross-model pass);
     with ``with_labels``, (features, labels) pairs."""
-    with torch.no_grad():
-        for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
-            inputs, target = unpack(batch)
-            inputs = system.transfer_batch_to_device(inputs, system.device, 0)
-            with autocast():  # left before the yield: the consumer's sums run outside it
-                features = system.backbone.layer_features(inputs)
-            yield (features, target) if with_labels else features
+    def forward(batch: Any) -> Any:
+        inputs, target = unpack(batch)
+        features = system.backbone.layer_features(inputs)
+        return (features, target) if with_labels else features
+
+    return model_batches(system, dataloader, forward, desc, progress, autocast)
 
 
 def run_layerwise_pass(
     system: LayerwiseClassifier,
     dataloader: Iterable,
     cos_centering: str = "samples",
-    keep_logits: bool = True,
     progress: bool = True,
     autocast: Autocast = nullcontext,
     extra_measures: ExtraMeasures | None = None,
@@ -120,81 +89,42 @@ def run_layerwise_pass(
     """``extra_measures`` (similarity.measures beyond COS and CKA) are fed the same batches."""
     system.eval()
     num_layers, num_classes, device = system.num_layers, system.backbone.num_classes, system.device
-    cka = MinibatchCKA(num_layers)
-    cos = None if cos_centering == "samples" else CosAccumulator(cos_centering)
-    labels, predictions, confidences, logits_kept, cosines = [], [], [], [], []
-    feature_sum = class_sum = class_count = None
-    batches = _batches(system, dataloader, "layer-wise pass", progress, autocast)
+    similarity = SimilarityAccumulators(num_layers, cos_centering, extra_measures)
+    labels, predictions, confidences, entropies, cosines = [], [], [], [], []
+    class_sum = class_count = None
+    batches = head_batches(system, dataloader, "layer-wise pass", progress, autocast)
     for features, logits, target in batches:  # (L, B, D), (L, B, C), (B,)
-        probabilities = logits.float().softmax(-1)
-        confidence, prediction = probabilities.max(-1)  # (L, B)
+        statistics = head_statistics(logits)  # (L, B) each
         labels.append(target)
-        predictions.append(prediction.T)
-        confidences.append(confidence.T)
-        if keep_logits:
-            logits_kept.append(_kept(logits))
+        predictions.append(statistics.top1.T)
+        confidences.append(statistics.confidence.T)
+        entropies.append(statistics.entropy.T)
         cosines.append(consecutive_cosine(features))
-        if feature_sum is None:
-            width = features.shape[-1]
-            feature_sum = torch.zeros(num_layers, width, dtype=torch.float64, device=device)
-            class_sum = torch.zeros(num_layers, num_classes, width, dtype=torch.float64,
-                                    device=device)
+        if class_sum is None:
+            class_sum = torch.zeros(num_layers, num_classes, features.shape[-1],
+                                    dtype=torch.float64, device=device)
             class_count = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        x = features.double()  # (L, B, D)
-        feature_sum += x.sum(1)
         one_hot = torch.nn.functional.one_hot(target, num_classes).double()  # (B, C)
-        class_sum += torch.einsum("lbd,bc->lcd", x, one_hot)
+        class_sum += torch.einsum("lbd,bc->lcd", features.double(), one_hot)
         class_count += one_hot.sum(0)
-        if features.shape[1] >= MIN_SAMPLES_CKA:  # unbiased HSIC needs 4 samples per batch
-            cka.update(features)
-        if cos is not None:
-            cos.update(features)
-        if extra_measures is not None:
-            extra_measures.update(features)
-    if feature_sum is None:
+        similarity.update(features)
+    if not labels:
         raise ValueError("The evaluation split is empty.")
-    num_samples = int(class_count.sum())
-    if cka.num_batches == 0:
-        raise ConfigError(
-            f"Minibatch CKA needs batches of at least {MIN_SAMPLES_CKA} samples; this split has "
-            f"{num_samples} in batches of fewer. Use a larger split or data.batch_size."
-        )
-    if cos is None:  # second pass: centring over samples needs the means first
-        cos = CosAccumulator("samples", mean=feature_sum / num_samples)
-        for features in feature_batches(system, dataloader, "COS pass", progress, autocast):
-            cos.update(features)
+    measured = similarity.compute(
+        lambda: feature_batches(system, dataloader, "COS pass", progress, autocast))
     class_means = class_sum / class_count.clamp(min=1)[None, :, None]
     return LayerwiseOutputs(
         labels=torch.cat(labels).cpu().numpy(),
         predictions=torch.cat(predictions).cpu().numpy(),
         confidences=torch.cat(confidences).cpu().numpy(),
-        logits=torch.cat(logits_kept).numpy() if keep_logits else None,
+        entropies=torch.cat(entropies).cpu().numpy(),
         layer_cosine=torch.cat(cosines).cpu().numpy(),
         class_means=class_means.cpu().numpy(),
-        layer_means=(feature_sum / num_samples).cpu().numpy(),
-        cos=cos.compute().numpy(),
-        cka=cka.compute().numpy(),
-        extra=extra_measures.compute() if extra_measures is not None else None,
+        layer_means=similarity.layer_means.cpu().numpy(),
+        cos=measured.cos,
+        cka=measured.cka,
+        extra=measured.extra,
     )
-
-
-def collect_exit_signals(
-    system: LayerwiseClassifier, dataloader: Iterable, progress: bool = True,
-    autocast: Autocast = nullcontext,
-) -> ExitSignalCache:
-    """The exit rules' inputs alone: one pass, no similarity accumulators."""
-    require_classifier(system, "Early exit")
-    system.eval()
-    labels, logits_kept, cosines = [], [], []
-    for features, logits, target in _batches(system, dataloader, "early-exit pass", progress,
-                                             autocast):
-        labels.append(target)
-        logits_kept.append(_kept(logits))
-        cosines.append(consecutive_cosine(features))
-    if not labels:
-        raise ValueError("The evaluation split is empty.")
-    return ExitSignalCache(torch.cat(labels).cpu().numpy(), torch.cat(logits_kept).numpy(),
-                           torch.cat(cosines).cpu().numpy())
 
 
 def summarize(

@@ -3,16 +3,18 @@
 
 Every position that predicts a real next token is one sample (``next_token_pairs``: padding,
 and each sequence's last token, which has no next token, are left out). Per token and layer it
-keeps the top-1 token and its probability; per layer the summed negative log-likelihood of the
-true next token (perplexity). The logits of all layers at once would be L x tokens x V (SmolLM2:
-30 x 4,096 x 49,152 floats for one batch of 16 x 256, 24 GB), so the head runs one layer at a
-time and, within a layer, over chunks of tokens (``LOGIT_ELEMENTS``): memory is that of one
-chunk's logits.
+keeps what the shared head says (top-1, confidence, entropy) and the cosine between the token's
+features at consecutive layers (what the exit rules read); per layer the summed negative
+log-likelihood of the true next token (perplexity). The logits of all layers at once would be
+L x tokens x V (SmolLM2: 30 x 4,096 x 49,152 floats for one batch of 16 x 256, 24 GB), so the
+head runs one layer at a time and, within a layer, over chunks of tokens (``LOGIT_ELEMENTS``):
+memory is that of one chunk's logits.
 
 Similarity, on the same tokens:
 
 - COS over every token, with ``cos_centering`` as for classifiers; centring over samples needs
-  each layer's mean over all tokens first, so that case makes a second, feature-only pass.
+  each layer's mean over all tokens first, so that case makes a second, feature-only pass
+  (the accumulators of ``similarity_pass``, as for classifiers).
 - Minibatch CKA on a seeded sample of at most ``max_tokens`` tokens per batch, one CKA minibatch
   per data batch (unbiased HSIC is O(B²) per minibatch: 4,096 tokens would be a 4,096² Gram matrix
   per layer, and neighbouring tokens of one document are far from independent samples).
@@ -33,12 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
-from aligned.analysis.cos import CosAccumulator
-from aligned.analysis.layerwise_pass import Autocast
+from aligned.analysis.head_statistics import HeadStatistics, head_statistics
+from aligned.analysis.layerwise_pass import consecutive_cosine
 from aligned.analysis.measure_pass import ExtraMeasures
-from aligned.analysis.similarity import MIN_SAMPLES_CKA, MinibatchCKA
+from aligned.analysis.model_batches import Autocast, model_batches
+from aligned.analysis.similarity import MIN_SAMPLES_CKA
+from aligned.analysis.similarity_pass import SimilarityAccumulators
 from aligned.config import ConfigError, positive_int
 from aligned.training.system import LayerwiseClassifier, unpack
 
@@ -55,6 +58,8 @@ class TokenOutputs:
     labels: np.ndarray  # (N,) the next tokens
     predictions: np.ndarray  # (N, L) top-1 token of the head at each layer
     confidences: np.ndarray  # (N, L) its probability
+    entropies: np.ndarray  # (N, L) the softmax entropy, nats
+    layer_cosine: np.ndarray  # (N, L) cos(h_{l-1}, h_l) per token; NaN at layer 1
     nll: np.ndarray  # (L,) summed negative log-likelihood of the next token, float64
     layer_means: np.ndarray  # (L, D) mean feature per layer over the N tokens
     cos: np.ndarray  # (L, L) over the N tokens
@@ -87,13 +92,11 @@ def sequence_subset(loader: DataLoader, max_sequences: int | None) -> DataLoader
 def token_batches(system: LayerwiseClassifier, dataloader: Iterable, desc: str, progress: bool,
                   autocast: Autocast) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """(features (L, N, D), next tokens (N,), sequences in the batch) of each batch's
-    predicting positions, on the system's device, no grad; the blocks under ``autocast``."""
-    with torch.no_grad():
-        for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
-            batch = system.transfer_batch_to_device(batch, system.device, 0)
-            with autocast():
-                features, target = system.token_features(batch)  # (L, N, D), (N,)
-            yield features, target, len(unpack(batch)[1])
+    predicting positions (``model_batches``)."""
+    def forward(batch: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return *system.token_features(batch), len(unpack(batch)[1])
+
+    return model_batches(system, dataloader, forward, desc, progress, autocast)
 
 
 class TokenSampler:
@@ -130,24 +133,22 @@ def sampled_token_batches(system: LayerwiseClassifier, dataloader: Iterable, des
 
 def layer_readout(system: LayerwiseClassifier, layer: int, features: torch.Tensor,
                   target: torch.Tensor, autocast: Autocast = nullcontext
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The head of ``layer`` on its token features (N, D): (top-1 (N,), its probability (N,),
-    summed NLL of ``target`` (float64 scalar)), over chunks of tokens so that one chunk's logits
+                  ) -> tuple[HeadStatistics, torch.Tensor]:
+    """The head of ``layer`` on its token features (N, D): its statistics (N,) each, and the
+    summed NLL of ``target`` (float64 scalar), over chunks of tokens so that one chunk's logits
     (``LOGIT_ELEMENTS``) are alive at a time."""
     chunk = max(1, LOGIT_ELEMENTS // system.backbone.num_classes)
     head = system.backbone.head
-    predictions, confidences = [], []
+    statistics = []
     nll = torch.zeros((), dtype=torch.float64, device=features.device)
     for start in range(0, len(target), chunk):
         with autocast():
             logits = system.objective.logits_at(layer, features[start:start + chunk], head)
+        statistics.append(head_statistics(logits))
         log_p = logits.float().log_softmax(-1)  # (n, V), in float32 as the Perplexity metric
-        top, prediction = log_p.max(-1)
-        predictions.append(prediction)
-        confidences.append(top.exp())
         picked = log_p.gather(1, target[start:start + chunk, None])  # (n, 1)
         nll -= picked.sum(dtype=torch.float64)
-    return torch.cat(predictions), torch.cat(confidences), nll
+    return HeadStatistics.cat(statistics), nll
 
 
 def run_token_pass(
@@ -163,11 +164,11 @@ def run_token_pass(
     system.eval()
     num_layers, device = system.num_layers, system.device
     sampler = TokenSampler(max_tokens)
-    cka = MinibatchCKA(num_layers)
-    cos = None if cos_centering == "samples" else CosAccumulator(cos_centering)
-    labels, predictions, confidences = [], [], []
+    similarity = SimilarityAccumulators(num_layers, cos_centering, extra_measures,
+                                        unit="predicted tokens")
+    labels, statistics, cosines = [], [], []
     nll = torch.zeros(num_layers, dtype=torch.float64, device=device)
-    feature_sum, num_sequences, cka_tokens = None, 0, 0
+    num_sequences = 0
     for features, target, sequences in token_batches(system, dataloader, "token pass", progress,
                                                      autocast):  # (L, N, D), (N,)
         num_sequences += sequences
@@ -176,45 +177,29 @@ def run_token_pass(
         per_layer = [layer_readout(system, layer, features[layer - 1], target, autocast)
                      for layer in range(1, num_layers + 1)]
         labels.append(target.cpu())
-        predictions.append(torch.stack([p for p, _, _ in per_layer], 1).int().cpu())  # (N, L)
-        confidences.append(torch.stack([c for _, c, _ in per_layer], 1).cpu())  # (N, L)
-        nll += torch.stack([n for _, _, n in per_layer])
-        batch_sum = features.sum(1, dtype=torch.float64)  # (L, D)
-        feature_sum = batch_sum if feature_sum is None else feature_sum + batch_sum
-        rows = sampler.positions(len(target)).to(device)
-        if len(rows) >= MIN_SAMPLES_CKA:  # unbiased HSIC needs 4 tokens
-            cka.update(features[:, rows])
-            cka_tokens += len(rows)
-        if extra_measures is not None:
-            extra_measures.update(features[:, rows])
-        if cos is not None:
-            cos.update(features)
-    if feature_sum is None:
+        statistics.append(HeadStatistics.stack([s for s, _ in per_layer]).cpu())  # (N, L) each
+        cosines.append(consecutive_cosine(features).cpu())
+        nll += torch.stack([n for _, n in per_layer])
+        similarity.update(features, sample=sampler.positions(len(target)).to(device))
+    if not labels:
         raise ConfigError("The evaluation split holds no token with a next token to predict; "
                           "evaluate a split of sequences of 2 or more tokens.")
-    num_tokens = sum(len(t) for t in labels)
-    if cka.num_batches == 0:
-        raise ConfigError(
-            f"Minibatch CKA needs batches of at least {MIN_SAMPLES_CKA} predicted tokens; this "
-            f"split has {num_tokens} in batches of fewer. Use a larger split or batch size."
-        )
-    layer_means = feature_sum / num_tokens  # (L, D)
-    if cos is None:  # second pass: centring over tokens needs every layer's mean first
-        cos = CosAccumulator("samples", mean=layer_means)
-        for features, _, _ in token_batches(system, dataloader, "COS pass", progress, autocast):
-            if len(features[0]):
-                cos.update(features)
+    measured = similarity.compute(lambda: (features for features, _, _ in token_batches(
+        system, dataloader, "COS pass", progress, autocast)))
+    statistics = HeadStatistics.cat(statistics)
     return TokenOutputs(
         labels=torch.cat(labels).numpy(),
-        predictions=torch.cat(predictions).numpy(),
-        confidences=torch.cat(confidences).float().numpy(),
+        predictions=statistics.top1.int().numpy(),
+        confidences=statistics.confidence.numpy(),
+        entropies=statistics.entropy.numpy(),
+        layer_cosine=torch.cat(cosines).numpy(),
         nll=nll.cpu().numpy(),
-        layer_means=layer_means.cpu().numpy(),
-        cos=cos.compute().numpy(),
-        cka=cka.compute().numpy(),
+        layer_means=similarity.layer_means.cpu().numpy(),
+        cos=measured.cos,
+        cka=measured.cka,
         num_sequences=num_sequences,
-        cka_tokens=cka_tokens,
-        extra=extra_measures.compute() if extra_measures is not None else None,
+        cka_tokens=similarity.cka_samples,
+        extra=measured.extra,
     )
 
 

@@ -1,8 +1,9 @@
 """Early exit with the one shared head (docs/method.md, "Early exit"): the exit rules and the
 one loop that applies them, offline sweeps over cached per-layer signals, real inference that
 runs later blocks on the survivors only (per batch or pooled across batches), and the parameters
-the shared head saves. For causal LMs: early-exit greedy decoding with a KV cache
-(``decoding``) and the rules' offline sweeps over per-token signals (``decoding_offline``).
+the shared head saves. The offline sweeps serve classifiers and causal LMs alike (``signals``:
+what the rules read, per sample or token and layer); for LMs, early-exit greedy decoding with a
+KV cache (``decoding``). ``timing``: early exit's measured speed-up over the full forward.
 
     from aligned.early_exit import load_early_exit
     classifier = load_early_exit("run/checkpoints/last.ckpt", "confidence", 0.9)
@@ -14,16 +15,18 @@ the shared head saves. For causal LMs: early-exit greedy decoding with a KV cach
 """
 
 from aligned.early_exit.decoding import Decoded, EarlyExitDecoder
-from aligned.early_exit.decoding_offline import collect_token_signals, decoding_summary
 from aligned.early_exit.inference import EarlyExitClassifier, load_early_exit
 from aligned.early_exit.offline import early_exit_summary, matched_comparison, simulate, sweep
 from aligned.early_exit.parameter_count import parameter_summary
 from aligned.early_exit.pooled import PooledEarlyExit
 from aligned.early_exit.rules import RULES, ExitResult, ExitRule, exit_layer_by_layer, make_rule
+from aligned.early_exit.signals import ExitSignals, collect_exit_signals, collect_token_signals
+from aligned.early_exit.timing import ExitTimings, time_early_exit
 
 __all__ = [
     "RULES", "Decoded", "EarlyExitClassifier", "EarlyExitDecoder", "ExitResult", "ExitRule",
-    "PooledEarlyExit", "collect_token_signals", "decoding_summary", "early_exit_summary",
-    "exit_layer_by_layer", "load_early_exit", "make_rule", "matched_comparison",
-    "parameter_summary", "simulate", "sweep",
+    "ExitSignals", "ExitTimings", "PooledEarlyExit", "collect_exit_signals",
+    "collect_token_signals", "early_exit_summary", "exit_layer_by_layer", "load_early_exit",
+    "make_rule", "matched_comparison", "parameter_summary", "simulate", "sweep",
+    "time_early_exit",
 ]

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aligned.analysis.similarity import sample_cosine
+from aligned.analysis.cos import cosine_to_previous
 from aligned.config import ConfigError
 from aligned.early_exit.rules import ExitRule, LayerSignals, exit_layer_by_layer
 from aligned.models.backbones.hf_decoder import HFDecoder
@@ -251,9 +251,7 @@ class EarlyExitDecoder:
             cosine = None
             if self.rule.reads_cosine:
                 current = features.to(torch.float64)
-                cosine = (sample_cosine(previous, current) if previous is not None
-                          else torch.full((len(current),), torch.nan, device=current.device))
-                previous = current
+                cosine, previous = cosine_to_previous(previous, current), current
             return LayerSignals(lambda: self.logits_at(layer, features), cosine)
 
         result = exit_layer_by_layer(self.rule, num_layers, batch, signals_after, ids.device)

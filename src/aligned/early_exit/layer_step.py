@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from aligned.analysis.similarity import sample_cosine
+from aligned.analysis.cos import cosine_to_previous
 from aligned.early_exit.rules import ExitRule, LayerSignals
 from aligned.models.backbones.base import BlockState
 from aligned.training.system import LayerwiseClassifier
@@ -28,7 +28,5 @@ def run_layer(
 
     if not rule.reads_cosine:
         return state, LayerSignals(logits), None
-    current = features.to(torch.float64)  # sample_cosine's precision, converted once per layer
-    cosine = (sample_cosine(previous, current) if previous is not None
-              else torch.full((len(current),), torch.nan, device=current.device))
-    return state, LayerSignals(logits, cosine), current
+    current = features.to(torch.float64)  # the cosine's precision, converted once per layer
+    return state, LayerSignals(logits, cosine_to_previous(previous, current)), current

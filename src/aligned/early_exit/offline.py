@@ -1,45 +1,60 @@
-"""Offline early exit: simulate every rule over a threshold grid on cached per-layer signals,
-pick each rule's operating point on the validation split, report it on test (MSDNet practice).
+"""Offline early exit, for classifiers and causal LMs alike: every rule over its threshold grid,
+simulated on the cached signals of every sample and layer (``ExitSignals``) through the loop the
+real inference uses (``rules.exit_layer_by_layer``); each rule's operating point chosen on the
+validation split and reported on test (MSDNet practice).
 
 Costs are relative to the full-depth model: speed-up = L / mean exit layer, and the expected
 FLOPs are approximated by the fraction of blocks run, mean exit layer / L. That leaves out the
-embedding (paid by every sample) and the read-out + head at every layer a sample passes (a norm
-and one C×D matrix-vector product; plus BERT's D×D pooler), both small next to a block's
-attention and MLP over all tokens.
+embedding (paid by every sample) and the read-out + head at every layer a sample passes, small
+next to a block for a classifier; an LM's head over its vocabulary is not (SmolLM2's 49,152 x
+576 is 8 blocks' worth of weights), so every point also counts the head calls per sample.
+For an LM the signals are teacher-forced from a full forward: exact for early-exit decoding
+under ``kv="recompute"`` (``aligned.early_exit.decoding``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
-from aligned.analysis.layerwise_pass import ExitSignalCache
-from aligned.early_exit.rules import RULES, ExitResult, ExitRule, LayerSignals, exit_layer_by_layer
+from aligned.config import ConfigError
+from aligned.early_exit.rules import (
+    RULES,
+    ExitResult,
+    ExitRule,
+    LayerSignals,
+    exit_layer_by_layer,
+    first_read,
+)
+from aligned.early_exit.signals import ExitSignals
 
 FLOPS_NOTE = (
     "relative FLOPs = mean exit layer / L (fraction of blocks run; embedding, per-layer read-out "
-    "and head costs left out)"
+    "and head costs left out: see mean_head_calls)"
 )
+SELECTION = "smallest val mean exit layer with val accuracy >= full depth - max_drop"
 
 
-def simulate(rule: ExitRule, cache: ExitSignalCache) -> ExitResult:
+def simulate(rule: ExitRule, signals: ExitSignals) -> ExitResult:
     """The rule applied to cached signals, through the same loop the real inference uses."""
-    logits = torch.from_numpy(cache.logits)  # (N, L, C)
-    cosine = torch.from_numpy(cache.layer_cosine)  # (N, L)
-    rows = torch.arange(len(logits))
+    cosine = torch.from_numpy(signals.cosine)
+    rows = torch.arange(len(signals))
 
     def signals_after(layer: int, keep: torch.Tensor | None, read: bool) -> LayerSignals | None:
         nonlocal rows
         if keep is not None:
             rows = rows[keep]
-        return LayerSignals(logits[rows, layer - 1], cosine[rows, layer - 1]) if read else None
+        if not read:
+            return None
+        return LayerSignals(statistics=signals.layer(layer, rows), cosine=cosine[rows, layer - 1])
 
-    return exit_layer_by_layer(rule, logits.shape[1], len(logits), signals_after)
+    return exit_layer_by_layer(rule, signals.num_layers, len(signals), signals_after)
 
 
-def operating_point(result: ExitResult, labels: np.ndarray, num_layers: int) -> dict[str, float]:
+def measure(result: ExitResult, labels: np.ndarray, num_layers: int) -> dict[str, float]:
     """Accuracy and cost of one simulated (or real) early-exit run."""
     mean_exit = float(result.exit_layers.double().mean())
     return {
@@ -50,15 +65,25 @@ def operating_point(result: ExitResult, labels: np.ndarray, num_layers: int) -> 
     }
 
 
-def sweep(rule_name: str, cache: ExitSignalCache) -> list[dict[str, float]]:
+def operating_point(rule: ExitRule, signals: ExitSignals) -> dict[str, float]:
+    """``measure`` of the simulated rule, with how often its prediction is the full-depth one
+    (agreement) and the mean number of head calls per sample: a rule that reads the head reads
+    it at every layer from its first read to the exit; the state rule only at the exit (the
+    decision loop computes a layer's logits on first use)."""
+    result = simulate(rule, signals)
+    point = measure(result, signals.labels, signals.num_layers)
+    point["agreement"] = float((result.predictions.numpy() == signals.top1[:, -1]).mean())
+    exits = result.exit_layers.double()
+    point["mean_head_calls"] = (float((exits - first_read(rule, signals.num_layers) + 1).mean())
+                                if rule.reads_head else 1.0)
+    return point
+
+
+def sweep(rule_name: str, signals: ExitSignals) -> list[dict[str, float]]:
     """One point per threshold of the rule's grid: threshold, accuracy, mean exit layer, ..."""
-    _, num_layers, num_classes = cache.logits.shape
     rule_class = RULES[rule_name]
-    return [
-        {"threshold": threshold,
-         **operating_point(simulate(rule_class(threshold), cache), cache.labels, num_layers)}
-        for threshold in rule_class.grid(num_layers, num_classes)
-    ]
+    return [{"threshold": threshold, **operating_point(rule_class(threshold), signals)}
+            for threshold in rule_class.grid(signals.num_layers, signals.num_classes)]
 
 
 def choose_threshold(
@@ -73,19 +98,16 @@ def choose_threshold(
     return best["threshold"]
 
 
-def full_depth_accuracy(cache: ExitSignalCache) -> float:
-    return float((cache.logits[:, -1].argmax(-1) == cache.labels).mean())
-
-
 def early_exit_summary(
-    val: ExitSignalCache, test: ExitSignalCache, max_drop: float
+    val: ExitSignals, test: ExitSignals, max_drop: float, rules: Iterable[str] = tuple(RULES)
 ) -> dict[str, Any]:
     """``evaluation.json``'s ``early_exit``: per rule the val and test curves and the operating
     point chosen on val, measured on test."""
-    num_layers = test.logits.shape[1]
-    full_val, full_test = full_depth_accuracy(val), full_depth_accuracy(test)
-    rules = {}
-    for name in RULES:
+    full_val, full_test = val.full_depth_accuracy(), test.full_depth_accuracy()
+    summary = {}
+    for name in rules:
+        if name not in RULES:
+            raise ConfigError(f"Unknown exit rule '{name}'; use one of {', '.join(RULES)}.")
         val_curve, test_curve = sweep(name, val), sweep(name, test)
         threshold = choose_threshold(val_curve, full_val, max_drop)
         chosen = None
@@ -94,14 +116,15 @@ def early_exit_summary(
             test_point = next(p for p in test_curve if p["threshold"] == threshold)
             chosen = {"threshold": threshold, "val_accuracy": val_point["accuracy"],
                       "val_mean_exit_layer": val_point["mean_exit_layer"], **test_point}
-        rules[name] = {"val_curve": val_curve, "test_curve": test_curve, "chosen": chosen}
+        summary[name] = {"val_curve": val_curve, "test_curve": test_curve, "chosen": chosen}
     return {
         "max_drop": max_drop,
-        "selection": "smallest val mean exit layer with val accuracy >= full depth - max_drop",
-        "num_layers": num_layers,
+        "selection": SELECTION,
+        "num_layers": test.num_layers,
+        "samples": {"val": len(val), "test": len(test)},
         "full_depth_accuracy": {"val": full_val, "test": full_test},
         "flops_note": FLOPS_NOTE,
-        "rules": rules,
+        "rules": summary,
     }
 
 

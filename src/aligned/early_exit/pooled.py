@@ -28,10 +28,9 @@ from aligned.early_exit.rules import (
     ExitResult,
     ExitRule,
     State,
+    decide,
     first_read,
     gather_exits,
-    layer_exits,
-    split_rows,
 )
 from aligned.models.backbones.base import BlockState
 from aligned.training.system import LayerwiseClassifier, require_classifier
@@ -112,14 +111,15 @@ class PooledEarlyExit:
             return
         state, signals, previous = run_layer(self.system, rule, layer, pending.state,
                                              pending.previous)
-        leaving, rule_state = layer_exits(rule, layer, self.num_layers, signals,
-                                          pending.rule_state)
-        exiting, staying = split_rows(leaving, int(leaving.sum()))
-        if len(exiting):
-            self.exited.append((pending.ids[exiting], signals.logits[exiting].argmax(-1), layer))
-        if len(staying):
-            self.queues[layer + 1].append(Pending(
-                pending.ids[staying], state.select(staying),
-                {key: value[staying] for key, value in rule_state.items()},
-                None if previous is None else previous[staying],
-            ))
+        decision = decide(rule, layer, self.num_layers, signals, pending.rule_state)
+        if decision.count == decision.size:
+            self.exited.append((pending.ids, decision.predictions, layer))
+            return
+        if decision.count:
+            self.exited.append((pending.ids[decision.leaving], decision.predictions, layer))
+            kept = decision.staying
+            staying = Pending(pending.ids[kept], state.select(kept), decision.state,
+                              None if previous is None else previous[kept])
+        else:
+            staying = Pending(pending.ids, state, decision.state, previous)
+        self.queues[layer + 1].append(staying)

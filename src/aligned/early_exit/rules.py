@@ -1,12 +1,15 @@
-"""Early-exit rules (METHOD.md §4) and the one loop that applies them layer by layer.
+"""Early-exit rules (docs/method.md, "Early exit") and the one loop that applies them layer by
+layer.
 
-After layer l (1..L) a rule looks at the surviving samples' ``LayerSignals`` (that layer's logits
-and the cosine between the features of layers l-1 and l) and says which of them exit; every
-sample exits at L at the latest. ``exit_layer_by_layer`` is the only place decisions are made:
-the offline simulation feeds it cached signals (``aligned.early_exit.offline``), the real
-inference feeds it blocks run on the survivors only (``aligned.early_exit.inference``), so the two
-cannot disagree in logic. Rules with memory (patience) keep one row of state per surviving
-sample, and the loop subsets that state together with the survivors.
+After layer l (1..L) a rule looks at the surviving samples' ``LayerSignals`` (what the shared
+head says at that layer: top-1, confidence, entropy; and the cosine between the features of
+layers l-1 and l) and says which of them exit; every sample exits at L at the latest. ``decide``
+is the only place decisions are made, and ``exit_layer_by_layer`` the one loop over a batch's
+layers: the offline simulation feeds it cached signals (``aligned.early_exit.offline``), the
+real inference and decoding feed it blocks run on the survivors only (``inference``,
+``decoding``), so they cannot disagree in logic; pooled inference (``pooled``) calls ``decide``
+on the survivors of several batches. Rules with memory (patience) keep one row of state per
+surviving sample, subset together with the survivors.
 
 | rule | exits when | threshold grid |
 |---|---|---|
@@ -22,36 +25,54 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
+from aligned.analysis.head_statistics import HeadStatistics, head_statistics
 from aligned.config import ConfigError, number
 
 State = dict[str, torch.Tensor]  # per-sample tensors, one row per surviving sample
 
 
 class LayerSignals:
-    """What a rule may see after one layer, for the samples still running.
+    """What a rule may see after one layer, for the samples still running: the head's top-1,
+    confidence and entropy (``statistics``), and ``cosine`` (B,) = cos(h_{l-1}, h_l), NaN at layer
+    1, None when the rule does not read it (``ExitRule.reads_cosine``: inference skips it).
 
-    ``logits`` (B, C) may come as a function that computes them: then they are computed on first
-    use, so a rule that does not read them (state) runs the head only at layers where some
-    sample leaves.
-    ``cosine`` (B,) is cos(h_{l-1}, h_l), NaN at layer 1; None when the rule does not read it
-    (``ExitRule.reads_cosine``), so inference skips computing it.
+    Real inference gives the layer's ``logits`` (B, C), or a function that computes them: then
+    the head runs on first use, so a rule that reads only the cosine (state) runs it only at
+    layers where some sample leaves. The offline simulation gives the cached ``statistics``.
     """
 
-    def __init__(self, logits: torch.Tensor | Callable[[], torch.Tensor],
-                 cosine: torch.Tensor | None = None) -> None:
+    def __init__(self, logits: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+                 cosine: torch.Tensor | None = None, *,
+                 statistics: HeadStatistics | None = None) -> None:
+        if (logits is None) == (statistics is None):
+            raise ValueError("LayerSignals takes the layer's logits or its statistics, not both.")
         self._logits = logits
+        self._statistics = statistics
         self.cosine = cosine
 
     @property
-    def logits(self) -> torch.Tensor:
-        if not isinstance(self._logits, torch.Tensor):
-            self._logits = self._logits()
-        return self._logits
+    def statistics(self) -> HeadStatistics:
+        if self._statistics is None:
+            logits = self._logits if isinstance(self._logits, torch.Tensor) else self._logits()
+            self._statistics = head_statistics(logits)
+        return self._statistics
+
+    @property
+    def top1(self) -> torch.Tensor:
+        return self.statistics.top1
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.statistics.confidence
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self.statistics.entropy
 
 
 @dataclass
@@ -71,11 +92,6 @@ class ExitResult:
                           torch.cat([r.exit_layers for r in results]))
 
 
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    # Softmax in at least float32, as layerwise_pass computes confidences.
-    return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
-
-
 class ExitRule:
     """One threshold; ``exits`` decides after ``layer`` which samples leave."""
 
@@ -83,6 +99,7 @@ class ExitRule:
     bounds: ClassVar[tuple[float, float]]  # the thresholds that mean something
     whole: ClassVar[bool] = False
     reads_cosine: ClassVar[bool] = False
+    reads_head: ClassVar[bool] = True  # reads the head at every layer it reads (else at the exit)
     threshold: float
 
     def initial_state(self, batch_size: int, device: torch.device) -> State:
@@ -119,7 +136,7 @@ class ConfidenceRule(ExitRule):
     bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)  # a probability
 
     def exits(self, layer, signals, state):
-        return _probabilities(signals.logits).amax(-1) >= self.threshold, state
+        return signals.confidence >= self.threshold, state
 
     @staticmethod
     def grid(num_layers, num_classes):
@@ -133,9 +150,7 @@ class EntropyRule(ExitRule):
     bounds: ClassVar[tuple[float, float]] = (0.0, math.inf)  # nats
 
     def exits(self, layer, signals, state):
-        p = _probabilities(signals.logits)
-        entropy = torch.special.entr(p).sum(-1)  # (B,) nats; entr(p) = -p·log p, 0 at p = 0
-        return entropy <= self.threshold, state
+        return signals.entropy <= self.threshold, state
 
     @staticmethod
     def grid(num_layers, num_classes):
@@ -159,7 +174,7 @@ class PatienceRule(ExitRule):
                 "unchanged": torch.zeros(batch_size, device=device)}
 
     def exits(self, layer, signals, state):
-        prediction = signals.logits.argmax(-1)  # (B,)
+        prediction = signals.top1  # (B,)
         unchanged = torch.where(prediction == state["previous"], state["unchanged"] + 1, 0)
         return unchanged >= self.threshold, {"previous": prediction, "unchanged": unchanged}
 
@@ -177,6 +192,7 @@ class StateRule(ExitRule):
     name: ClassVar[str] = "state"
     bounds: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # a cosine
     reads_cosine: ClassVar[bool] = True
+    reads_head: ClassVar[bool] = False
 
     def exits(self, layer, signals, state):
         return signals.cosine >= self.threshold, state  # NaN (layer 1) compares False
@@ -201,8 +217,8 @@ class BudgetRule(ExitRule):
         return math.ceil(min(self.threshold, 2**31))  # where layer >= t first holds; inf: at L
 
     def exits(self, layer, signals, state):
-        return torch.full(signals.logits.shape[:1], layer >= self.threshold,
-                          device=signals.logits.device), state
+        # Read from layer ceil(t) on, where all leave: the exit's top-1 is needed there anyway.
+        return torch.full_like(signals.top1, layer >= self.threshold, dtype=torch.bool), state
 
     @staticmethod
     def grid(num_layers, num_classes):
@@ -232,20 +248,36 @@ def first_read(rule: ExitRule, num_layers: int) -> int:
     return layer
 
 
-def layer_exits(
-    rule: ExitRule, layer: int, num_layers: int, signals: LayerSignals, state: State
-) -> tuple[torch.Tensor, State]:
-    """``rule``'s decisions after ``layer``, except that every sample leaves at L."""
+class Decision(NamedTuple):
+    """Who leaves after one layer, of the ``size`` rows the rule looked at."""
+
+    count: int  # how many leave (0..size)
+    size: int
+    leaving: torch.Tensor | None  # their row indices, in row order (None: all rows, or none)
+    staying: torch.Tensor | None  # the others' row indices (None: all rows, or none)
+    predictions: torch.Tensor | None  # the leavers' top-1 (None when nobody leaves)
+    state: State  # the rule state of the rows that stay
+
+
+def decide(rule: ExitRule, layer: int, num_layers: int, signals: LayerSignals, state: State
+           ) -> Decision:
+    """``rule``'s decision after ``layer``, except that every sample leaves at L."""
     leaving, state = rule.exits(layer, signals, state)
-    return (torch.ones_like(leaving) if layer == num_layers else leaving), state
-
-
-def split_rows(leaving: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the ``count`` leaving rows and of the staying rows, each in batch order.
-    Gathering with indices costs no further host sync on a GPU (a boolean mask costs one per
-    tensor it indexes)."""
+    if layer == num_layers:
+        leaving = torch.ones_like(leaving)
+    # The count sizes the next block (a host sync on GPU); one sample's flag is read directly,
+    # an op fewer per layer at batch 1.
+    count = int(leaving) if len(leaving) == 1 else int(leaving.sum())
+    if count == 0:
+        return Decision(0, len(leaving), None, None, None, state)
+    if count == len(leaving):
+        return Decision(count, count, None, None, signals.top1, {})
+    # Gathering with indices costs no further host sync on a GPU (a boolean mask costs one per
+    # tensor it indexes).
     order = torch.argsort(leaving.to(torch.uint8), descending=True, stable=True)
-    return order[:count], order[count:]
+    out, keep = order[:count], order[count:]
+    return Decision(count, len(leaving), out, keep, signals.top1[out],
+                    {key: value[keep] for key, value in state.items()})
 
 
 # Samples that left together: their positions (None: the whole batch), predictions and layer.
@@ -276,20 +308,16 @@ def exit_layer_by_layer(
         keep = None
         if layer < read_from:  # nobody can leave yet
             continue
-        leaving, state = layer_exits(rule, layer, num_layers, signals, state)
-        # The survivors' count sizes the next block (a host sync on GPU); one sample's flag is
-        # read directly, an op fewer per layer at batch 1.
-        exiting = int(leaving) if len(leaving) == 1 else int(leaving.sum())
-        if exiting == len(leaving):  # all leave: always at L, and at batch 1 when the sample exits
-            exited.append((rows, signals.logits.argmax(-1), layer))
+        decision = decide(rule, layer, num_layers, signals, state)
+        state = decision.state
+        if decision.count == decision.size:  # always at L, and at batch 1 when the sample exits
+            exited.append((rows, decision.predictions, layer))
             break
-        if exiting:
-            out, keep = split_rows(leaving, exiting)
+        if decision.count:
             if rows is None:
                 rows = torch.arange(batch_size, device=device)
-            exited.append((rows[out], signals.logits[out].argmax(-1), layer))
-            rows = rows[keep]
-            state = {key: value[keep] for key, value in state.items()}
+            exited.append((rows[decision.leaving], decision.predictions, layer))
+            rows, keep = rows[decision.staying], decision.staying
     return gather_exits(exited, batch_size, device)
 
 

@@ -1,7 +1,8 @@
 """python -m aligned.reproduce: train what the reproduction needs (or reuse the finished runs it
 finds), evaluate every run, time early exit, and write the report with a verdict per claim.
 
-    python -m aligned.reproduce                          # the CPU report -> docs/REPRODUCTION.md
+    python -m aligned.reproduce                          # the CPU report -> the checkout's
+                                                         # docs/REPRODUCTION.md
     python -m aligned.reproduce --scale quick            # a smoke run -> <root>/REPRODUCTION.md
     python -m aligned.reproduce --scale paper --glue-dir /data/glue \\
         --override deit_s_cifar10:data.data_dir=/data/cifar  # the paper's setups, on GPUs
@@ -24,7 +25,7 @@ from aligned.reproduce.collected import STORED_RUNS, Collected, load_runs, save_
 from aligned.reproduce.report import Provenance, shown, write_report
 from aligned.reproduce.runs import (
     BASE_OVERRIDES,
-    REPO,
+    CHECKOUT,
     RunResult,
     RunSpec,
     compose_config,
@@ -45,7 +46,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                        "default outputs/reproduce/<scale>")
     parser.add_argument("--out", help="the report's path (figures go to figures/ beside it); "
                                       "default: the checkout's docs/REPRODUCTION.md at scale "
-                                      "default, else <root>/REPRODUCTION.md")
+                                      "default (run from a checkout), else "
+                                      "<root>/REPRODUCTION.md")
     parser.add_argument("--workloads", nargs="+", metavar="NAME",
                         help=f"default: the scale's; any of {', '.join(WORKLOADS)}")
     parser.add_argument("--losses", nargs="+", choices=LOSSES,
@@ -135,14 +137,24 @@ def check_configs(specs: list[RunSpec]) -> None:
                               f"{str(error).splitlines()[0]}") from None
 
 
+def default_report(scale: Scale, root: Path) -> Path:
+    """The checkout's report (docs/REPRODUCTION.md) at a scale that has one, when this package
+    runs from a checkout; else ``<root>/REPRODUCTION.md``."""
+    if scale.default_report and CHECKOUT is not None:
+        return CHECKOUT / scale.default_report
+    if scale.default_report:
+        log.info("Not run from a checkout of aligned (an installed copy): the report goes to "
+                 "%s, not %s; --out chooses.", root / "REPRODUCTION.md", scale.default_report)
+    return root / "REPRODUCTION.md"
+
+
 def reproduce(argv: list[str] | None = None) -> Path:
     """Run the reproduction; the report's path."""
     started = time.perf_counter()
     args = parse(argv)
     scale = SCALES[args.scale]
     root = Path(args.root or f"outputs/reproduce/{scale.name}").expanduser().resolve()
-    default_out = REPO / scale.default_report if scale.default_report else root / "REPRODUCTION.md"
-    out = Path(args.out).expanduser() if args.out else default_out
+    out = Path(args.out).expanduser() if args.out else default_report(scale, root)
     rounds = args.benchmark_rounds or scale.benchmark_rounds
     if rounds < 1 or not args.benchmark_seconds > 0:
         raise ConfigError("--benchmark-rounds must be at least 1 and --benchmark-seconds above 0.")

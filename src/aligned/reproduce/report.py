@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from aligned.reproduce.claims import VERDICT_RULE, Claim, all_losses, intermediate_mean  # noqa: E402
 from aligned.reproduce.collected import Collected, mean_std, pm  # noqa: E402
-from aligned.reproduce.runs import REPO  # noqa: E402
+from aligned.reproduce.runs import CHECKOUT  # noqa: E402
 
 
 @dataclass
@@ -123,9 +123,11 @@ def provenance_lines(collected: Collected, provenance: Provenance) -> list[str]:
 
 def shown(path: Path | str) -> str:
     """A path as the report shows it: from the checkout (``outputs/...``, ``../shared/...``)
-    when it lies in or beside it, so the report names no one machine's directories."""
+    when it lies in or beside it, so the report names no one machine's directories. An
+    installed copy (no checkout) shows paths from the current directory."""
     path = Path(path)
-    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+    home = CHECKOUT or Path.cwd()
+    for base, prefix in ((home, ""), (home.parent, "../")):
         if path.is_absolute() and path.is_relative_to(base) and base != Path(base.anchor):
             return prefix + path.relative_to(base).as_posix()
     return str(path)

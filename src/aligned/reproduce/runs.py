@@ -1,6 +1,7 @@
 """One (workload, loss, seed) of the reproduction: trained by the real ``train()``, evaluated by
-the real ``evaluate()``, its early exit timed by ``benchmarks/early_exit.py``; each step is
-skipped when its output is already in the run directory.
+the real ``evaluate()``, its early exit timed by ``aligned.early_exit.timing`` (what
+``benchmarks/early_exit.py`` prints); each step is skipped when its output is already in the run
+directory.
 
 A run directory ``<root>/<workload>/<loss>/seed<k>/`` holds train.py's outputs (results.json =
 finished), ``evaluation/`` (evaluate.py's), ``benchmark.json`` and ``reproduce.json``: the
@@ -10,8 +11,6 @@ from the ones asked for is an error, never silently reused or overwritten.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import logging
 import multiprocessing
@@ -29,12 +28,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import aligned.resolvers  # noqa: F401  (the configs' resolvers, as train.py registers them)
-from aligned.config import ConfigError
+from aligned.config import ConfigError, conf_dir
 from aligned.reproduce.workloads import Workload
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]  # src/aligned/reproduce/runs.py -> the checkout
+PACKAGE = Path(__file__).resolve().parents[1]
+# The checkout this package runs from (src/aligned/, an editable install), None for an installed
+# copy (pip install ., a wheel): the report's default place and the root its paths are shown from.
+CHECKOUT = (PACKAGE.parents[1] if PACKAGE.parent.name == "src"
+            and (PACKAGE.parents[1] / "pyproject.toml").is_file() else None)
 RECORD = "reproduce.json"
 # Every reproduction run: no progress bars (dozens of runs would fill the log with them).
 BASE_OVERRIDES = ("+trainer.enable_progress_bar=false",)
@@ -71,17 +74,9 @@ class RunResult:
     overrides: tuple[str, ...] = ()  # train.py's, loss= and seed= aside (the last two)
 
 
-def conf_dir() -> Path:
-    conf = REPO / "conf"
-    if not (conf / "train.yaml").is_file():
-        raise ConfigError(f"python -m aligned.reproduce composes the configs of a checkout of "
-                          f"this project; {conf} has no train.yaml. Run it from a git checkout "
-                          "installed with pip install -e .")
-    return conf
-
-
 def compose_config(name: str, overrides: list[str], run_dir: Path) -> DictConfig:
-    """``conf/<name>.yaml`` with ``overrides``, as the entry point would see it."""
+    """``conf/<name>.yaml`` (the package's configs) with ``overrides``, as the entry point
+    would see it."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(name, overrides=overrides, return_hydra_config=True)
@@ -256,35 +251,27 @@ def evaluate_run(spec: RunSpec, results: dict[str, Any]) -> dict[str, Any]:
 
 def benchmark_run(spec: RunSpec, results: dict[str, Any], rounds: int, round_seconds: float
                   ) -> list[dict[str, Any]]:
-    """benchmarks/early_exit.py's measurement (1 torch thread, batch 1 and 64, per batch and
-    pooled) at each rule's operating point chosen on val."""
-    from aligned.evaluation import LoadedCheckpoint
+    """``time_early_exit`` (1 torch thread, batch 1 and 64, per batch and pooled) at each rule's
+    operating point chosen on val, as ``benchmarks/early_exit.py`` runs it."""
+    from aligned.early_exit.timing import time_early_exit
+    from aligned.evaluation import evaluation_dataloader
     from aligned.placement import resolve_placement
     from aligned.training.checkpoints import load_system, read_checkpoint
 
-    module = benchmark_module()
     checkpoint = read_checkpoint(results["checkpoint"])
-    model = LoadedCheckpoint(results["checkpoint"], checkpoint["run_config"],
-                             load_system(checkpoint), {}, None)
-    args = argparse.Namespace(data_dir=spec.data_dir, max_drop=0.01, batch_sizes=[1, 64],
-                              rounds=rounds, stream=1, round_seconds=round_seconds)
+    val, test = (evaluation_dataloader(checkpoint["run_config"], {"data_dir": spec.data_dir},
+                                       split) for split in ("val", "test"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the benchmark's default: steadier timings
     try:
-        return module.benchmark(model, spec.loss, args, resolve_placement("auto", "32"))
+        timings = time_early_exit(load_system(checkpoint), val, test, name=spec.loss,
+                                  placement=resolve_placement("auto", "32"), max_drop=0.01,
+                                  batch_sizes=(1, 64), rounds=rounds, round_seconds=round_seconds)
     finally:
         torch.set_num_threads(threads)
-
-
-def benchmark_module():
-    path = REPO / "benchmarks" / "early_exit.py"
-    if not path.is_file():
-        raise ConfigError(f"The early-exit benchmark {path} is missing; run the reproduction "
-                          "from a checkout of this project.")
-    spec = importlib.util.spec_from_file_location("early_exit_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    log.info("%s: L = %d, %d test samples, full-depth test acc %.1f%%", spec.loss,
+             timings.num_layers, timings.test_samples, 100 * timings.full_depth_accuracy)
+    return timings.rows
 
 
 def objective_parameters(checkpoint_path: str) -> int:

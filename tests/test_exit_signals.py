@@ -1,7 +1,8 @@
-"""Offline sweeps of the exit rules for causal LMs (aligned.early_exit.decoding_offline) on a
-tiny random GPT-2: the per-token signals are the model's own, the array simulation decides as
-the classifiers' loop does on full logits, and it equals real teacher-forced early-exit decoding
-under kv=recompute."""
+"""What the exit rules read (aligned.early_exit.signals) and the one offline simulator over it
+(aligned.early_exit.offline), on a tiny random GPT-2's tokens: the per-token signals are the
+model's own and the evaluation pass's; the simulation on them decides as the decision loop fed
+the full logits (the real inference's path) does, and equals real teacher-forced early-exit
+decoding under kv=recompute."""
 
 from __future__ import annotations
 
@@ -10,30 +11,18 @@ import pytest
 import torch
 from causal_lm_helpers import save_tiny_lm, vocab_size
 
-from aligned.analysis.layerwise_pass import ExitSignalCache
 from aligned.analysis.similarity import sample_cosine
 from aligned.config import ConfigError
 from aligned.data.text import PadWithLabels
 from aligned.early_exit.decoding import EarlyExitDecoder
-from aligned.early_exit.decoding_offline import (
-    collect_token_signals,
-    decoding_summary,
-    simulate_tokens,
-    token_sweep,
-)
-from aligned.early_exit.offline import simulate, sweep
-from aligned.early_exit.rules import RULES
+from aligned.early_exit.offline import early_exit_summary, simulate, sweep
+from aligned.early_exit.rules import RULES, ExitResult, ExitRule, LayerSignals, exit_layer_by_layer
+from aligned.early_exit.signals import collect_token_signals
 from aligned.models.backbones.hf_decoder import HFDecoder
 
+# Tiny ops: one thread, set before the module's tiny models are built (see conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 LAYERS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()  # tiny ops: one thread is far faster on 2 busy cores
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +52,7 @@ def batches(docs: list[torch.Tensor], size: int = 3) -> list[dict[str, torch.Ten
     return [collate(docs[i:i + size]) for i in range(0, len(docs), size)]
 
 
-def full_logits(backbone: HFDecoder, docs: list[torch.Tensor]) -> np.ndarray:
+def full_logits(backbone: HFDecoder, docs: list[torch.Tensor]) -> torch.Tensor:
     """(N, L, V) every layer's logits at every position that has a next token, in order."""
     rows = []
     with torch.no_grad():
@@ -74,14 +63,26 @@ def full_logits(backbone: HFDecoder, docs: list[torch.Tensor]) -> np.ndarray:
                 state = backbone.run_block(layer, state)
                 layers.append(backbone.head(state.tokens[0, :-1]))  # (T-1, V)
             rows.append(torch.stack(layers, 1))
-    return torch.cat(rows).numpy()
+    return torch.cat(rows)
+
+
+def loop_on_logits(rule: ExitRule, logits: torch.Tensor, cosine: np.ndarray) -> ExitResult:
+    """The decision loop fed each layer's full logits, as real inference feeds it."""
+    cosine, rows = torch.from_numpy(cosine), torch.arange(len(logits))
+
+    def signals_after(layer, keep, read):
+        nonlocal rows
+        rows = rows if keep is None else rows[keep]
+        return LayerSignals(logits[rows, layer - 1], cosine[rows, layer - 1]) if read else None
+
+    return exit_layer_by_layer(rule, logits.shape[1], len(logits), signals_after)
 
 
 def test_signals_are_the_models_own(backbone):
     docs = documents(7, seed=0)
     signals = collect_token_signals(backbone, batches(docs), chunk=5)
     assert len(signals.labels) == sum(len(doc) - 1 for doc in docs)
-    assert signals.vocabulary == vocab_size()
+    assert signals.num_classes == vocab_size()
     offset = 0
     with torch.no_grad():
         for doc in docs:
@@ -93,6 +94,8 @@ def test_signals_are_the_models_own(backbone):
             p = out.logits[0, :-1].softmax(-1)
             np.testing.assert_allclose(signals.confidence[rows, -1], p.amax(-1).numpy(),
                                        rtol=1e-9)
+            entropy = -(p * p.log()).sum(-1)
+            np.testing.assert_allclose(signals.entropy[rows, -1], entropy.numpy(), rtol=1e-9)
             hidden = out.hidden_states  # HF's: index l = block l's output, ln_f applied at L
             np.testing.assert_allclose(
                 signals.cosine[rows, 1], sample_cosine(hidden[1][0, :-1], hidden[2][0, :-1]),
@@ -101,32 +104,30 @@ def test_signals_are_the_models_own(backbone):
     assert len(collect_token_signals(backbone, batches(docs), max_tokens=10).labels) == 10
 
 
-def test_array_simulation_decides_as_the_loop(backbone):
-    """Every rule over its whole grid: the same exits and predictions as the classifiers'
-    exit_layer_by_layer (offline.simulate) fed the full (N, L, V) logits."""
+def test_simulation_on_the_signals_decides_as_the_loop_on_full_logits(backbone):
+    """Every rule over its whole grid: the cached signals give the exits and predictions that
+    the decision loop gives when it reads each layer's full (N, V) logits."""
     docs = documents(6, seed=1)
     signals = collect_token_signals(backbone, batches(docs))
-    cache = ExitSignalCache(signals.labels, full_logits(backbone, docs), signals.cosine)
+    logits = full_logits(backbone, docs)
     for name in RULES:
-        looped, arrays = sweep(name, cache), token_sweep(name, signals)
-        assert [p["threshold"] for p in looped] == [p["threshold"] for p in arrays]
-        for a, b in zip(looped, arrays, strict=True):
-            assert (a["accuracy"], a["mean_exit_layer"]) == (b["accuracy"], b["mean_exit_layer"])
-        exits = {p["mean_exit_layer"] for p in arrays}
+        curve = sweep(name, signals)
+        exits = {p["mean_exit_layer"] for p in curve}
         assert len(exits) > 2, f"{name}'s grid should give several depths"
-        middle = RULES[name](arrays[len(arrays) // 2]["threshold"])
-        result, expected = simulate_tokens(middle, signals), simulate(middle, cache)
-        assert torch.equal(result.exit_layers, expected.exit_layers)
-        assert torch.equal(result.predictions, expected.predictions)
+        for point in curve:
+            rule = RULES[name](point["threshold"])
+            result, expected = simulate(rule, signals), loop_on_logits(rule, logits, signals.cosine)
+            assert torch.equal(result.exit_layers, expected.exit_layers), (name, rule)
+            assert torch.equal(result.predictions, expected.predictions), (name, rule)
 
 
 def test_simulation_is_teacher_forced_decoding_with_recompute(backbone):
     docs = documents(3, seed=2)
     for name in ("confidence", "state", "patience"):
         signals = collect_token_signals(backbone, batches(docs, size=1))
-        curve = token_sweep(name, signals)
+        curve = sweep(name, signals)
         rule = RULES[name](next(p for p in curve if 1.5 < p["mean_exit_layer"] < 3.5)["threshold"])
-        simulated = simulate_tokens(rule, signals)
+        simulated = simulate(rule, signals)
         decoder = EarlyExitDecoder(backbone, rule, kv="recompute")
         decoded = [decoder.teacher_forced(doc[None]) for doc in docs]
         assert torch.equal(torch.cat([d.tokens[0, :-1] for d in decoded]), simulated.predictions)
@@ -137,9 +138,9 @@ def test_simulation_is_teacher_forced_decoding_with_recompute(backbone):
 def test_summary_chooses_on_val_within_max_drop(backbone):
     val = collect_token_signals(backbone, batches(documents(8, seed=3)))
     test = collect_token_signals(backbone, batches(documents(8, seed=4)))
-    summary = decoding_summary(val, test, max_drop=0.05)
+    summary = early_exit_summary(val, test, max_drop=0.05)
     full_val = summary["full_depth_accuracy"]["val"]
-    assert summary["tokens"] == {"val": len(val.labels), "test": len(test.labels)}
+    assert summary["samples"] == {"val": len(val.labels), "test": len(test.labels)}
     for name, entry in summary["rules"].items():
         chosen = entry["chosen"]
         assert chosen["val_accuracy"] >= full_val - 0.05 - 1e-12, name
@@ -153,4 +154,27 @@ def test_summary_chooses_on_val_within_max_drop(backbone):
     confidence = summary["rules"]["confidence"]["test_curve"][-1]  # threshold 1: (almost) no exit
     assert confidence["mean_head_calls"] == confidence["mean_exit_layer"]
     with pytest.raises(ConfigError, match="Unknown exit rule 'speed'"):
-        decoding_summary(val, test, 0.01, rules=["speed"])
+        early_exit_summary(val, test, 0.01, rules=["speed"])
+
+
+def test_the_evaluation_pass_keeps_the_signals_the_light_pass_collects(tmp_path):
+    """evaluate.py reads the analysed split's signals from its token pass and the other split's
+    from collect_token_signals: on the same batches they are the same numbers."""
+    from aligned.analysis.token_pass import run_token_pass
+    from aligned.early_exit.signals import signals_of_outputs
+    from aligned.training.system import LayerwiseClassifier
+
+    directory = save_tiny_lm(tmp_path, "llama", LAYERS)
+    system = LayerwiseClassifier(
+        model={"_target_": "aligned.models.backbones.hf_decoder.HFDecoder",
+               "name_or_path": str(directory)},
+        loss={"_target_": "aligned.models.objectives.AlignedObjective"}).double().eval()
+    data = batches(documents(5, seed=5), size=2)
+    light = collect_token_signals(system.backbone, data)
+    analysed = signals_of_outputs(run_token_pass(system, data, max_tokens=8, progress=False),
+                                  system.backbone.num_classes)
+    assert np.array_equal(analysed.labels, light.labels)
+    assert np.array_equal(analysed.top1, light.top1)
+    for key in ("confidence", "entropy", "cosine"):
+        np.testing.assert_allclose(getattr(analysed, key), getattr(light, key), rtol=1e-9,
+                                   err_msg=key)
