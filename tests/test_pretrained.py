@@ -5,6 +5,7 @@ written for real and loaded back by timm / transformers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,29 @@ def test_a_saved_hf_classifier_is_analysed_as_it_is(sst2, tmp_path):
 def test_missing_pieces_of_a_model_as_it_is_are_clear_errors(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         evaluate(compose_evaluate(overrides, tmp_path))
+
+
+def test_the_export_of_a_gguf_model_keeps_the_tokenizer_the_gguf_file_holds(tmp_path, monkeypatch):
+    """model=smollm2 names a .gguf file: its tokenizer is read from it with gguf_file=, as the
+    data module reads it, so the exported directory decodes text on its own."""
+    import transformers
+
+    from aligned.export import save_tokenizer
+
+    gguf = tmp_path / "weights" / "model.Q4.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    calls = []
+
+    class Tokenizer:
+        def save_pretrained(self, out):
+            (Path(out) / "tokenizer.json").write_text("{}")
+
+    def from_pretrained(name, **kwargs):
+        calls.append((name, kwargs))
+        return Tokenizer()
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+    save_tokenizer(str(gguf), tmp_path)
+    assert calls == [(str(gguf.parent), {"gguf_file": gguf.name})]
+    assert (tmp_path / "tokenizer.json").is_file()

@@ -69,9 +69,12 @@ def save_tokenizer(name_or_path: Any, out: Path) -> None:
     if not isinstance(name_or_path, str):  # a tokenizer itself (trained with the run)
         name_or_path.save_pretrained(out)
         return
-    try:
-        AutoTokenizer.from_pretrained(name_or_path).save_pretrained(out)
-    except (OSError, ValueError) as error:
+    from aligned.models.backbones.hf_decoder import gguf_location
+
+    try:  # a .gguf file (model=smollm2) holds its tokenizer: read it with gguf_file=
+        directory, gguf = gguf_location(name_or_path)
+        AutoTokenizer.from_pretrained(directory, **gguf).save_pretrained(out)
+    except (OSError, ValueError, ConfigError) as error:
         print(f"Warning: the tokenizer '{name_or_path}' could not be loaded here "
               f"({str(error).splitlines()[0]}); the export holds the model only: save the "
               "tokenizer into it with AutoTokenizer.from_pretrained(...).save_pretrained(dir).",
