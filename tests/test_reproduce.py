@@ -103,8 +103,8 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
 def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
         tmp_path, capsys, one_thread):
     """gpt2_wikitext103 (scale=paper) on a tiny random GPT-2 and a .txt corpus: trained,
-    evaluated per token and reported; the claims that read the classifiers' early-exit sweep
-    say the LM lacks it rather than fail."""
+    evaluated per token and reported; the LM's exit sweep (per token) serves the single-head
+    claim, and the timed speed-up, which the LM workload has no benchmark for, is unmeasured."""
     lm, corpus = save_tiny_lm(tmp_path / "gpt2"), write_corpus(tmp_path / "corpus", 30)
     tiny = [f"model.name_or_path={lm}", f"data.source={corpus}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.max_length=16", "data.batch_size=4",
@@ -120,12 +120,12 @@ def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
     sections = dict(re.findall(r"^## (\d+)\. .+?\*\*Verdict: (.+?)\.\*\*$", text,
                                flags=re.M | re.S))
     assert len(sections) == len(claims.CLAIMS)
-    assert sections["8"] == sections["10"] == claims.UNMEASURED  # no classifier early exit
-    assert sections["1"] != claims.UNMEASURED and sections["7"] != claims.UNMEASURED
+    assert sections["10"] == claims.UNMEASURED  # no early-exit timing for an LM
+    assert claims.UNMEASURED not in (sections["1"], sections["7"], sections["8"])
     assert "GPT-2 on WikiText-103 (next token, per token)" in text.split("## 5. ")[1]
     evaluation = json.loads((tmp_path / "runs" / "gpt2_wikitext103" / "aligned" / "seed0" /
                              "evaluation" / "evaluation.json").read_text())
-    assert evaluation["num_layers"] == 3 and "early_exit" not in evaluation
+    assert evaluation["num_layers"] == 3 and evaluation["early_exit"]["num_layers"] == 3
 
 
 @pytest.mark.slow

@@ -309,7 +309,7 @@ def single_head_on_par_with_per_layer_heads(collected: Collected) -> Claim:
     for workload in collected.workloads:
         pairs = collected.paired(workload, "aligned", "multiexit")
         if any("early_exit" not in run.evaluation for pair in pairs for run in pair):
-            # A causal LM's evaluation has no exit sweep (its early exit is decoding).
+            # An LM's evaluation stored before LMs had an exit sweep (early_exit_skipped).
             outcomes[workload] = None
             rows.append([title(collected, workload), "—", "—", "",
                          "not measured: its evaluation has no early-exit sweep"])
