@@ -18,12 +18,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float:
+    """``text`` as a float; NaN (which every range check refuses) when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def positive_seconds(text: str) -> float:
     """A duration in seconds, above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got '{text}'")
     return value
@@ -31,10 +36,7 @@ def positive_seconds(text: str) -> float:
 
 def accuracy_drop(text: str) -> float:
     """A drop of accuracy as a fraction in [0, 1) (0.01 = one point)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(
             f"must be a fraction of accuracy in [0, 1) (0.01 = one point), got '{text}'")

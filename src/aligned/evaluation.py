@@ -173,11 +173,10 @@ def other_split_signals(system: LayerwiseClassifier, loader: Any, max_sequences:
         return collect_exit_signals(system, loader, autocast=autocast)
     backbone = system.backbone
 
-    def logits_at(layer: int, features: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            return system.objective.logits_at(layer, features, backbone.head)
+    def logits_at(layer: int, features: torch.Tensor) -> torch.Tensor:  # per-layer heads too
+        return system.objective.logits_at(layer, features, backbone.head)
 
-    with autocast():
+    with autocast():  # blocks and heads; the statistics widen to float32 themselves
         return collect_token_signals(backbone, sequence_subset(loader, max_sequences), logits_at)
 
 

@@ -91,12 +91,12 @@ def signals_of_outputs(outputs: LayerwiseOutputs | TokenOutputs, num_classes: in
                        outputs.entropies, outputs.layer_cosine, num_classes)
 
 
-@torch.no_grad()
 def collect_exit_signals(
     system: LayerwiseClassifier, dataloader: Iterable, progress: bool = True,
     autocast: Autocast = nullcontext,
 ) -> ExitSignals:
-    """A classifier's exit signals over ``dataloader``: one pass, no similarity accumulators."""
+    """A classifier's exit signals over ``dataloader``: one pass (no grad, as every pass's
+    batches), no similarity accumulators."""
     require_classifier(system, "Early exit")
     system.eval()
     parts = []
