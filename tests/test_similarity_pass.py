@@ -77,6 +77,7 @@ def test_the_cross_model_pass_equals_direct_computations(centering):
     reference = minibatch_cka(features[0][:, :18], features[1][:, :18], batch_size=6)
     np.testing.assert_allclose(cross["cka"], reference, rtol=0, atol=1e-12)
     assert not np.allclose(cross["cka"], minibatch_cka(features[0][:, :18], batch_size=6))
+    assert torch.is_grad_enabled()  # two streams read in step leak no grad mode
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +123,13 @@ def test_a_pass_without_a_batch_large_enough_for_cka_is_one_error_naming_its_sam
                              stream=partial(sampled_token_batches, max_tokens=4))
 
 
-def test_the_model_runs_under_autocast_and_without_grad_and_what_it_yields_outside_it():
+def test_the_model_runs_under_autocast_and_without_grad_and_what_it_yields_outside_both():
     system = tiny_vit_system("aligned")
     autocast = resolve_placement("cpu", "bf16-mixed").autocast
-    inside = model_batches(system, [1, 2], lambda batch: torch.is_autocast_enabled("cpu"),
-                           "test", False, autocast)
+    inside = model_batches(
+        system, [1, 2], lambda batch: (torch.is_autocast_enabled("cpu"), torch.is_grad_enabled()),
+        "test", False, autocast)
     seen = [(forward, torch.is_autocast_enabled("cpu"), torch.is_grad_enabled())
             for forward in inside]
-    assert seen == [(True, False, False)] * 2
+    assert seen == [((True, False), False, True)] * 2
+

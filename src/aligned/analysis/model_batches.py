@@ -24,10 +24,14 @@ def model_batches(
     system: LayerwiseClassifier, dataloader: Iterable, forward: Callable[[object], Outputs],
     desc: str, progress: bool, autocast: Autocast,
 ) -> Iterator[Outputs]:
-    """``forward(batch)`` of each batch of ``dataloader``, the batch on the system's device."""
-    with torch.no_grad():
-        for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
-            batch = system.transfer_batch_to_device(batch, system.device, 0)
-            with autocast():
-                outputs = forward(batch)
-            yield outputs
+    """``forward(batch)`` of each batch of ``dataloader``, the batch on the system's device.
+
+    No grad is held around the forward only, never across a ``yield``: grad mode is global, so
+    a generator suspended inside ``no_grad`` would disable it for its caller, and two streams
+    read in step (the cross-model pass) would restore each other's saved modes in the wrong
+    order and leave it disabled after the pass."""
+    for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
+        batch = system.transfer_batch_to_device(batch, system.device, 0)
+        with torch.no_grad(), autocast():
+            outputs = forward(batch)
+        yield outputs

@@ -151,6 +151,7 @@ def layer_readout(system: LayerwiseClassifier, layer: int, features: torch.Tenso
     return HeadStatistics.cat(statistics), nll
 
 
+@torch.no_grad()  # the per-layer head readouts run here, outside model_batches
 def run_token_pass(
     system: LayerwiseClassifier,
     dataloader: Iterable,
