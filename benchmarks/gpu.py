@@ -23,7 +23,7 @@ rounds, median round, the device synchronised before each clock read.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 import tempfile
 import time
@@ -34,13 +34,14 @@ from typing import Any, ClassVar
 import torch
 
 from aligned.analysis.layerwise_pass import run_layerwise_pass
-from aligned.arguments import positive_int
+from aligned.arguments import output_file, positive_int, positive_seconds
 from aligned.config import ConfigError, user_message
 from aligned.early_exit.inference import EarlyExitClassifier
 from aligned.early_exit.pooled import PooledEarlyExit
 from aligned.early_exit.rules import ExitRule
 from aligned.early_exit.timing import full_forward, time_rounds
 from aligned.placement import Placement, resolve_placement
+from aligned.training.json_files import write_json
 from aligned.training.system import LayerwiseClassifier
 
 LOSSES = {"standard": "aligned.models.objectives.StandardObjective",
@@ -203,7 +204,8 @@ def early_exit_speedups(workload: Workload, placement: Placement, pattern: torch
 def exit_pattern(values: list[float] | None, num_layers: int) -> torch.Tensor:
     if values is None:
         values = DEFAULT_PATTERN if num_layers == len(DEFAULT_PATTERN) else [1.0] * num_layers
-    if len(values) != num_layers or min(values) < 0 or sum(values) <= 0:
+    finite = all(0 <= value < math.inf for value in values)  # NaN and inf: no fraction
+    if len(values) != num_layers or not finite or sum(values) <= 0:
         raise ConfigError(f"--exit-pattern needs {num_layers} non-negative fractions (one per "
                           f"layer, not all 0), got {values}.")
     pattern = torch.tensor(values, dtype=torch.float64)
@@ -265,11 +267,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exit-samples", type=positive_int, default=None,
                         help="samples per early-exit timing run (cut into batches)")
     parser.add_argument("--rounds", type=positive_int, default=3)
-    parser.add_argument("--round-seconds", type=float, default=None,
+    parser.add_argument("--round-seconds", type=positive_seconds, default=None,
                         help="a short early-exit run repeats to last this long per round")
     parser.add_argument("--exit-pattern", type=float, nargs="+", default=None,
                         help="fraction of samples leaving at each layer 1..L (default: stated)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--json", type=output_file, help="also write the figures to this file")
     args = parser.parse_args(argv)
     defaults = ({"batch_sizes": [1, 8], "train_batch": 8, "train_steps": 1, "eval_samples": 64,
                  "exit_samples": 16, "round_seconds": 0.02} if args.tiny else
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(2)
     print_figures(figures)
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, figures, "--json file")
     return figures
 
 

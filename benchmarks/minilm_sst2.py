@@ -14,12 +14,14 @@ over seeds (standard training's early layers vary a lot from seed to seed).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from aligned.arguments import output_directory, positive_int, random_seed
+from aligned.training.json_files import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # (loss, pooling, learning rate): CLS pooling fine-tunes less stably at 1e-4, as in the probe.
@@ -32,17 +34,18 @@ RUNS = [
 ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "minilm_sst2"))
-    parser.add_argument("--train-subset", type=int, default=16000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=output_directory,
+                        default=str(ROOT / "benchmarks" / "out" / "minilm_sst2"))
+    parser.add_argument("--train-subset", type=positive_int, default=16000)
+    parser.add_argument("--seeds", type=random_seed, nargs="+", default=[0])
     parser.add_argument("--runs", nargs="+", help="a subset of the runs (default: all five)",
                         choices=[f"{loss}_{pooling}" for loss, pooling, _ in RUNS])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not (Path(args.glue_dir) / "SST-2" / "train.tsv").is_file():
-        sys.exit(f"SST-2 not found under {args.glue_dir}; pass --glue-dir <dir with SST-2/>.")
+        parser.error(f"SST-2 not found under {args.glue_dir}; pass --glue-dir <dir with SST-2/>.")
 
     rows = []
     for loss, pooling, lr in RUNS:
@@ -78,7 +81,7 @@ def train(loss: str, pooling: str, lr: float, seed: int, run_dir: Path,
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    dev = json.loads((run_dir / "results.json").read_text())["layer_accuracy"]["val"]
+    dev = read_json(run_dir / "results.json")["layer_accuracy"]["val"]
     print(f"{loss:>9} {pooling:>4} lr={lr:g} seed={seed}: "
           + " ".join(f"{100 * a:.1f}" for a in dev) + f"  ({wall:.0f} s)", flush=True)
     return dev, wall

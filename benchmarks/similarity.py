@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from aligned.analysis.feature_stacks import MIN_SAMPLES_CKA
 from aligned.analysis.measures import MEASURES, cross_similarity
 from aligned.analysis.similarity import (
     CosAccumulator,
@@ -51,6 +52,9 @@ from aligned.analysis.similarity import (
     layer_means,
     linear_cka,
 )
+from aligned.arguments import int_in, positive_int
+
+sample_count = int_in(MIN_SAMPLES_CKA)  # what CKA needs of a set of samples, or of a batch
 
 
 def layer_mixings(num_layers: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -396,28 +400,34 @@ def compare_weighting(args: argparse.Namespace) -> None:
               f"|MinibatchCKA - weight n(n-3)| <= {worst_gap:.0e}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000],
+    parser.add_argument("--layers", type=int_in(2), default=12)  # (a) checks layer pairs
+    parser.add_argument("--dim", type=positive_int, default=384)
+    parser.add_argument("--sizes", type=sample_count, nargs="+", default=[2000, 4000],
                         help="N for the comparisons with ckatorch and torch-cka")
-    parser.add_argument("--large-sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=3, help="our timings: best of this many")
-    parser.add_argument("--ckatorch-pairs", type=int, default=None,
+    parser.add_argument("--large-sizes", type=sample_count, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--batch-size", type=sample_count, default=250)
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="our timings: best of this many")
+    parser.add_argument("--ckatorch-pairs", type=positive_int, default=None,
                         help="time only the first K pairs of ckatorch and extrapolate (labelled)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--cross-dims", type=int, nargs=2, default=[384, 768],
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default: all)")
+    parser.add_argument("--cross-dims", type=positive_int, nargs=2, default=[384, 768],
                         help="(d), (e): widths of model A and model B")
-    parser.add_argument("--cross-samples", type=int, default=10_000, help="(d): N")
-    parser.add_argument("--cross-pairs", type=int, default=3,
+    parser.add_argument("--cross-samples", type=sample_count, default=10_000, help="(d): N")
+    parser.add_argument("--cross-pairs", type=int_in(1, 5), default=3,
                         help="(d): layer pairs checked against ckatorch (1..5)")
-    parser.add_argument("--measures-samples", type=int, default=4000, help="(e): N")
-    parser.add_argument("--weighting-seeds", type=int, default=20, help="(f): seeds")
+    parser.add_argument("--measures-samples", type=sample_count, default=4000, help="(e): N")
+    parser.add_argument("--weighting-seeds", type=positive_int, default=20, help="(f): seeds")
     parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d", "e", "f"])
-    parser.add_argument("--worker-large", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--worker-large", type=sample_count, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    short = [n for n in args.large_sizes if n < args.batch_size]  # (b) streams whole batches
+    if short:
+        parser.error(f"--large-sizes {short[0]} is below --batch-size {args.batch_size}: each "
+                     "size streams whole batches.")
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

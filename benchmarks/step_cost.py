@@ -29,10 +29,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 import aligned.resolvers  # noqa: F401  (${smollm2_path:} in conf/model/smollm2.yaml)
+from aligned.arguments import positive_int, torch_device
+from aligned.config import ConfigError, user_message
 from aligned.config import build as build_target
 from aligned.training.system import LayerwiseClassifier
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+LM_MODELS = ("gpt2", "smollm2", "llama")  # conf/model/'s causal LMs
 
 
 def build(loss: str) -> LayerwiseClassifier:
@@ -116,25 +119,34 @@ def lm_variants(args: argparse.Namespace) -> tuple[dict, dict]:
     return variants, batch
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lm", help="a causal-LM model config (gpt2, smollm2, llama): time it "
-                        "instead")
+    parser.add_argument("--steps", type=positive_int, default=300)
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--lm", choices=LM_MODELS,
+                        help="a causal-LM model config: time it instead")
     parser.add_argument("--model-path", help="with --lm: model.name_or_path (a local directory)")
-    parser.add_argument("--length", type=int, default=256, help="with --lm: tokens per sequence")
+    parser.add_argument("--length", type=positive_int, default=256,
+                        help="with --lm: tokens per sequence")
     parser.add_argument("--multiexit", action="store_true", help="with --lm: time multiexit too")
-    parser.add_argument("--layers-per-step", type=int, nargs="*", default=[2], metavar="K",
+    parser.add_argument("--layers-per-step", type=positive_int, nargs="*", default=[2],
+                        metavar="K",
                         help="with --lm: time the sampled aligned loss with each K (default 2)")
     parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                         help="with --lm: time the full aligned loss (every layer); --no-full "
                              "leaves it out, so that more rounds of the others fit")
-    parser.add_argument("--device", default="cpu", help="with --lm: cpu or cuda")
-    args = parser.parse_args()
+    parser.add_argument("--device", type=torch_device, default="cpu",
+                        help="with --lm: cpu or cuda")
+    args = parser.parse_args(argv)
+    if args.model_path and not Path(args.model_path).expanduser().exists():
+        parser.error(f"--model-path {args.model_path} does not exist (a directory of "
+                     "save_pretrained files, or a .gguf file).")
     if args.lm:
-        variants, batch = lm_variants(args)
+        try:  # a model's missing package or an unknown setting: one line
+            variants, batch = lm_variants(args)
+        except ConfigError as error:
+            parser.exit(2, f"Error: {user_message(error)}\n")
         time_variants(variants, (batch,), args)
         return
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import OLD_CHECKPOINT
 from tiny_models import NUM_CLASSES, bert_batches, tiny_bert_system, tiny_vit_system
 
 from aligned.config import ConfigError
-from aligned.early_exit.inference import EarlyExitClassifier
-from aligned.early_exit.rules import ConfidenceRule, ExitResult
+from aligned.early_exit.inference import EarlyExitClassifier, load_early_exit
+from aligned.early_exit.pooled import PooledEarlyExit
+from aligned.early_exit.rules import BudgetRule, ConfidenceRule, ExitResult
 
 BATCH = 16
 
@@ -172,3 +174,66 @@ def test_token_ids_of_other_integer_types_give_the_int64_result(bert, dtype):
     features = bert.system.backbone.layer_features(
         {**batch, "input_ids": batch["input_ids"].to(dtype)})  # HF's own forward, too
     assert torch.equal(features, bert.system.backbone.layer_features(batch))
+
+
+# -- bad numbers: non-finite inputs and thresholds -------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_images_are_one_clear_error_naming_the_samples(vit, mode, value):
+    """Without the check a NaN image ran to the last layer and left with class 0."""
+    classifier, images = vit
+    damaged = images.clone()
+    damaged[3, 0, 2, 5] = value
+    damaged[11] = value
+    with pytest.raises(ConfigError, match=r"NaN or inf \(after the model's embedding\) in "
+                                          r"sample\(s\) 3, 11 of a batch of 16 \(0-based\)"):
+        MODES[mode](classifier, labelled(damaged))
+
+
+def test_a_checkpoint_loaded_for_early_exit_refuses_nan_images():
+    classifier = load_early_exit(OLD_CHECKPOINT, "confidence", 0.5, device="cpu")
+    with pytest.raises(ConfigError, match=r"NaN or inf .* sample\(s\) 0, 1 of a batch of 2"):
+        classifier(torch.full((2, 1, 8, 8), float("nan")))
+
+
+def test_non_finite_token_embeddings_are_refused_too(bert):
+    """Text cannot be NaN, but a checkpoint's embedding can: the samples using it are named."""
+    batch = bert_batches(1, 8)[0]
+    token = int(batch["input_ids"][5, 1])
+    embeddings = bert.system.backbone.model.get_input_embeddings().weight
+    kept = embeddings[token].clone()
+    with torch.no_grad():
+        embeddings[token] = float("nan")
+    try:
+        users = sorted({int(row) for row in (batch["input_ids"] == token).nonzero()[:, 0]})
+        with pytest.raises(ConfigError, match=rf"sample\(s\) {', '.join(map(str, users))} of"):
+            bert(inputs_of(batch))
+    finally:
+        with torch.no_grad():
+            embeddings[token] = kept
+
+
+def test_pooled_inference_after_refused_inputs_gives_the_result_of_a_fresh_run(vit):
+    classifier, images = vit
+    pooled = PooledEarlyExit(classifier.system, classifier.rule, pool_size=4)
+    damaged = images.clone()
+    damaged[-1] = float("nan")
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        pooled.run([images[:8], damaged])  # the first batch is queued when the second fails
+    again = pooled.run([images])
+    fresh = PooledEarlyExit(classifier.system, classifier.rule, pool_size=4).run([images])
+    assert torch.equal(again.predictions, fresh.predictions)
+    assert torch.equal(again.exit_layers, fresh.exit_layers)
+
+
+@pytest.mark.parametrize("build", [
+    lambda system, rule: EarlyExitClassifier(system, rule),
+    lambda system, rule: PooledEarlyExit(system, rule, pool_size=4),
+], ids=["per batch", "pooled"])
+def test_a_rule_built_with_a_nan_threshold_is_refused(vit, build):
+    classifier, _ = vit
+    with pytest.raises(ConfigError, match=r"The confidence rule's threshold is NaN, which no "
+                                          r"signal passes; give a number in \[0, 1\]"):
+        build(classifier.system, ConfidenceRule(float("nan")))
+    build(classifier.system, BudgetRule(0.5))  # a threshold beyond make_rule's range: meant

@@ -285,7 +285,7 @@ def test_evaluate_refuses_another_split_unless_allowed_and_then_records_the_over
     assert evaluation["data_overrides"] == {"split_seed": 5}
     assert evaluation["split_overlap"]["in_training_split"] == 227
 
-    same = evaluate_py("+data.split_seed=0")  # the value it trained with changes nothing
+    same = evaluate_py("+data.split_seed=0", "overwrite=true")  # the value it trained with
     assert same.returncode == 0, same.stderr[-2000:]
     assert "split_overlap" not in json.loads((tmp_path / "evaluation.json").read_text())
 

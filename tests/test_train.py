@@ -126,6 +126,7 @@ def test_train_py_end_to_end(tmp_path):
         ("model.embed_dim=33", "dim should be divisible by num_heads"),
         ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0 leaves no val batches"),
         ("+trainer.val_check_interval=-1", "Invalid trainer settings: You have passed invalid"),
+        ("trainer.max_epochs=-1", "needs a finite training length: set trainer.max_epochs"),
     ],
 )
 def test_user_errors_give_one_clear_message(tmp_path, override, message):

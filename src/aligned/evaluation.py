@@ -4,7 +4,6 @@ and early exit (rules swept on val, operating points reported on test; docs/meth
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from aligned.early_exit.signals import (
 )
 from aligned.placement import Placement, resolve_placement
 from aligned.training.checkpoints import RUNTIME_MODEL_KEYS, load_system, read_checkpoint
+from aligned.training.json_files import write_json
 from aligned.training.system import LayerwiseClassifier, require_classifier
 from aligned.typed_settings import EVALUATE_KEYS, check_settings
 
@@ -414,7 +414,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             evaluation["early_exit_matched"] = matched_comparison(
                 analysed[0][0]["early_exit"], analysed[1][0]["early_exit"]
             )
-    (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
 
     figures = {
         "layer_accuracy": plots.accuracy_curve(summaries),
@@ -443,4 +442,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         log_evaluation(cfg, summaries, figure_paths, run_dir,
                        [checkpoint.run_config for checkpoint in loaded])  # joins its group
+    # Last, and whole or not at all: a directory without evaluation.json holds no finished
+    # evaluation (one stopped while it drew the figures, say).
+    write_json(run_dir / "evaluation.json", evaluation, "evaluation file")
     return evaluation

@@ -21,14 +21,15 @@ the per-layer heads of loss=multiexit are not part of a standard model and are n
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from aligned.arguments import output_problem
 from aligned.config import ConfigError, user_message
 from aligned.data.trained_tokenizer import checkpoint_tokenizer
 from aligned.training.checkpoints import load_system, read_checkpoint
+from aligned.training.json_files import write_json
 from aligned.training.system import LayerwiseClassifier
 
 MULTIEXIT = "aligned.models.objectives.MultiExitObjective"
@@ -42,9 +43,7 @@ def export_system(system: LayerwiseClassifier, out_dir: str | Path,
     from aligned.models.backbones.hf_encoder import HFEncoder
     from aligned.models.backbones.timm_vit import TimmViT
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"Export directory '{out}' is not empty; give a new or empty one.")
+    out = check_export_directory(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone = system.backbone
     if isinstance(backbone, (HFEncoder, HFDecoder)):
@@ -59,6 +58,18 @@ def export_system(system: LayerwiseClassifier, out_dir: str | Path,
         return "timm"
     raise ConfigError(f"Export supports HFEncoder, HFDecoder and TimmViT backbones, not "
                       f"{type(backbone).__name__}.")
+
+
+def check_export_directory(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path, or a ConfigError unless it is a new or empty directory that can be
+    made: checked before the checkpoint loads, not after."""
+    out = Path(out_dir).expanduser()
+    problem = output_problem(out, directory=True)
+    if problem:
+        raise ConfigError(f"Export directory '{out}' {problem}; give a new or empty directory.")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"Export directory '{out}' is not empty; give a new or empty one.")
+    return out
 
 
 def save_tokenizer(name_or_path: Any, out: Path) -> None:
@@ -83,6 +94,7 @@ def save_tokenizer(name_or_path: Any, out: Path) -> None:
 
 def export(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Export the checkpoint at ``ckpt_path``; returns what was written (also in export.json)."""
+    check_export_directory(out_dir)
     checkpoint = read_checkpoint(ckpt_path, key="the checkpoint")
     system = load_system(checkpoint)
     run_config = checkpoint.get("run_config", {})
@@ -97,7 +109,7 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "shared_head": loss != MULTIEXIT,  # its classifier reads every layer
         "causal_lm": system.next_token,
     }
-    (Path(out_dir) / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(Path(out_dir) / "export.json", record, "export record")
     return record
 
 

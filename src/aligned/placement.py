@@ -70,7 +70,8 @@ def resolve_placement(device: str | None = "auto", precision: str | int | None =
             f"device={device}: {str(error).splitlines()[0]} This machine has: "
             f"{', '.join(available)}; use device=auto (the best of them) or one of those."
         ) from None
-    return Placement(fabric.device, PRECISIONS[precision], fabric.autocast)
+    # What runs, which Fabric may change (16-mixed on a CPU runs in bf16-mixed, with a warning).
+    return Placement(fabric.device, fabric.strategy.precision.precision, fabric.autocast)
 
 
 def _accelerator_of(device: str) -> tuple[str, int | list[int]]:

@@ -6,6 +6,8 @@
 - ``${run_name:}``: the default run directory's name: ``slurm-<job id>`` in a SLURM job (the
   same after a requeue, and for every task of a multi-node job), else ``<date_time>_<id>`` with
   a short id of this process, so that runs started in the same second differ.
+- ``${unique_name:}``: ``<date_time>_<id>`` always (evaluate.py's directories: two evaluations in
+  one SLURM job are two).
 """
 
 from __future__ import annotations
@@ -62,13 +64,18 @@ STARTED = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 RUN_ID = secrets.token_hex(3)  # 16.7 million values; the run directory's lock catches the rest
 
 
+def unique_name() -> str:
+    """``<date_time>_<id>``: when this process started, and its id."""
+    return f"{STARTED}_{RUN_ID}"
+
+
 def run_name() -> str:
     """``slurm-<job id>[_<array task>]`` in a SLURM job, else ``<date_time>_<id>``."""
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array_job and task:
         return f"slurm-{array_job}_{task}"
     job = os.environ.get("SLURM_JOB_ID")
-    return f"slurm-{job}" if job else f"{STARTED}_{RUN_ID}"
+    return f"slurm-{job}" if job else unique_name()
 
 
 # Cached in the config that resolved it: Hydra copies that cache into every job's config, and a
@@ -76,6 +83,7 @@ def run_name() -> str:
 # with the config, so every job, and a job resubmitted after a preemption, finds the sweep
 # directory the launching process chose (a new process would otherwise name a new one).
 OmegaConf.register_new_resolver("run_name", run_name, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("unique_name", unique_name, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("minilm_path", minilm_path, replace=True)
 OmegaConf.register_new_resolver("smollm2_path", smollm2_path, replace=True)
 OmegaConf.register_new_resolver("glue_num_labels", glue_num_labels, replace=True)

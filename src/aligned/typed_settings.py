@@ -4,13 +4,15 @@ Hydra hands values over as parsed from the command line: ``loss.alternating=no``
 string 'no', which Python reads as true; ``seed=1.5`` as a float that seeding truncates. Each
 config section with a ``_target_`` is checked against that target's own annotations (a class's
 ``__init__``, or a function), so a new setting of any model, data module, objective or of the
-Lightning Trainer is checked without being listed here; the entry points' own keys are listed.
+Lightning Trainer is checked without being listed here; the entry points' own keys are listed,
+the numeric ones with their ranges. NaN, which no setting means, is refused for every number.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import inspect
+import math
 import numbers
 import os
 import pathlib
@@ -26,6 +28,8 @@ from aligned.config import ConfigError
 
 # Keys of train.py's and evaluate.py's own (not a target's), by dotted path.
 TRAIN_KEYS: dict[str, Any] = {"seed": int, "resume": str | None, "overwrite": bool}
+# The config sections train() checks against their targets' annotations.
+TRAIN_SECTIONS = ("model", "data", "loss", "optim", "trainer", "logger")
 EVALUATE_KEYS: dict[str, Any] = {
     "ckpt_path": str | None,
     "compare_to": str | None,
@@ -41,6 +45,7 @@ EVALUATE_KEYS: dict[str, Any] = {
     "model.compile_backend": str | None,
     "wandb": bool,
     "wandb_project": str,
+    "overwrite": bool,
     "device": str,
     "precision": str | int,
     "similarity.measures": list[str],
@@ -48,14 +53,31 @@ EVALUATE_KEYS: dict[str, Any] = {
     "similarity.max_tokens": int,
     "max_sequences": int | None,
 }
+# The fewest samples minibatch CKA takes (aligned.analysis.feature_stacks.MIN_SAMPLES_CKA, which
+# cannot be imported here: the analysis package imports the training package, which imports this).
+MIN_SAMPLES_CKA = 4
+# The numeric keys' ranges, checked after their types: (low, high, whether high is excluded).
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "seed": (0, 2**32, True),  # numpy's seeding range
+    "minimal_depth_epsilon": (0, 1, False),  # fractions of accuracy (0.01 = one point)
+    "monotone_tolerance": (0, 1, False),
+    "early_exit.max_drop": (0, 1, True),
+    "similarity.max_samples": (MIN_SAMPLES_CKA, math.inf, False),  # samples a measure reads
+    "similarity.max_tokens": (MIN_SAMPLES_CKA, math.inf, False),  # a CKA minibatch
+    "max_sequences": (1, math.inf, False),
+}
 # Sections whose target is named in code, not in the config.
 IMPLIED_TARGETS = {"optim": "aligned.training.optim.adamw_with_warmup_cosine"}
 
 
 def check_settings(cfg: DictConfig, keys: dict[str, Any], sections: tuple[str, ...]) -> None:
-    """A ConfigError naming the first setting whose value does not have its declared type."""
+    """A ConfigError naming the first setting whose value does not have its declared type, or
+    lies outside its range (``RANGES``)."""
     for key, annotation in keys.items():
-        check(key, OmegaConf.select(cfg, key, throw_on_missing=False), annotation)
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        check(key, value, annotation)
+        if key in RANGES and value is not None:
+            check_range(key, value, annotation, *RANGES[key])
     for name in sections:
         node = cfg.get(name)
         if not isinstance(node, DictConfig):
@@ -91,8 +113,22 @@ def annotations_of(target: str | None) -> dict[str, Any]:
 
 
 def check(key: str, value: Any, annotation: Any) -> None:
-    if not matches(value, annotation):
+    if not matches(value, annotation) or (isinstance(value, float) and math.isnan(value)):
         raise ConfigError(f"{key} must be {describe(annotation)}, got {shown(value)}.")
+
+
+def check_range(key: str, value: float, annotation: Any, low: float, high: float,
+                high_open: bool) -> None:
+    """A ConfigError naming the key and its range when ``value`` lies outside it."""
+    if low <= value and (value < high if high_open else value <= high):
+        return
+    integer = annotation is int or int in typing.get_args(annotation)
+    if integer and high == math.inf:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}.")
+    kind = "an integer" if integer else "a number"
+    high_text = "2**32" if high == 2**32 else f"{high:g}"
+    raise ConfigError(f"{key} must be {kind} in [{low:g}, {high_text}{')' if high_open else ']'}"
+                      f", got {value!r}.")
 
 
 def matches(value: Any, annotation: Any) -> bool:

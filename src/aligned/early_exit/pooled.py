@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from aligned.config import positive_int
+from aligned.early_exit.input_checks import check_finite, checked_rule
 from aligned.early_exit.layer_step import run_layer
 from aligned.early_exit.rules import (
     Exited,
@@ -53,7 +54,7 @@ class PooledEarlyExit:
         require_classifier(system, "Early exit")
         self.autocast = autocast  # the blocks' and heads' context (aligned.placement)
         self.pool_size = positive_int("pool_size", pool_size)
-        self.system, self.rule = system.eval(), rule
+        self.system, self.rule = system.eval(), checked_rule(rule)
         self.num_layers = system.backbone.num_layers
         self.read_from = first_read(rule, self.num_layers)
         self.queues: list[list[Pending]] = [[] for _ in range(self.num_layers + 2)]
@@ -61,6 +62,9 @@ class PooledEarlyExit:
 
     def run(self, batches: Iterable[Any]) -> ExitResult:
         """Early exit over ``batches`` (model inputs), results in input order."""
+        # Afresh: a run stopped by an error (inputs it refused) may have left samples queued.
+        self.queues = [[] for _ in range(self.num_layers + 2)]
+        self.exited = []
         with torch.inference_mode(), self.autocast():
             seen = self._run_all(batches)
         # Assembled outside inference mode: normal tensors, which callers may edit.
@@ -78,6 +82,7 @@ class PooledEarlyExit:
             size = len(state.tokens)
             if size == 0:  # an empty batch: nothing to queue
                 continue
+            check_finite(state)
             ids = torch.arange(seen, seen + size, device=device)
             seen += size
             self.queues[1].append(

@@ -9,7 +9,8 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from aligned.reproduce.runs import RunResult, read_json, write_json
+from aligned.reproduce.runs import RunResult, read_json
+from aligned.training.json_files import write_json
 
 STORED_RUNS = "reproduction-runs"  # beside the report: <workload>.json, each workload's runs
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,9 @@ HF_DECODER_TARGET = "aligned.models.backbones.hf_decoder.HFDecoder"
 # Model settings of how the blocks run, not of what they compute: any checkpoint takes them,
 # even one saved before they existed (model.compile=true evaluates it compiled).
 RUNTIME_MODEL_KEYS = ("compile", "compile_backend")
+# What a checkpoint of train.py holds and the code reads: section -> the dicts inside it.
+REQUIRED_SECTIONS = {"run_config": (), "hyper_parameters": ("model", "loss"), "state_dict": ()}
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
 
 
 def read_checkpoint(
@@ -37,21 +39,54 @@ def read_checkpoint(
             f"Checkpoint '{path}' does not exist. Pass {key}=<run dir>/checkpoints/<file>.ckpt "
             "(the path is printed at the end of train.py and stored in results.json)."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    problem = archive_damage(path)
+    if problem is None:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except Exception as error:  # noqa: BLE001  (a damaged file raises many kinds, OSError too)
+            problem = error_line(error)
+    if problem is not None:
         raise ConfigError(
-            f"Checkpoint '{path}' cannot be read ({type(error).__name__}); the file is truncated "
-            f"or not a PyTorch checkpoint. {hint}"
-        ) from None
-    if not isinstance(checkpoint, dict) or "run_config" not in checkpoint:
-        raise ConfigError(
-            f"'{path}' is not a checkpoint written by aligned's train.py (it has no run config)."
+            f"Checkpoint '{path}' cannot be read ({problem}); the file is damaged (cut short or "
+            f"changed since it was written) or not a PyTorch checkpoint. {hint}"
         )
+    missing = [name for name, keys in REQUIRED_SECTIONS.items()
+               if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get(name), dict)
+                       and all(isinstance(checkpoint[name].get(key), dict) for key in keys))]
+    if missing:
+        raise ConfigError(f"'{path}' is not a checkpoint written by aligned's train.py (it has no "
+                          f"{' and no '.join(missing)}); pass one that train.py saved: "
+                          f"{key}=<run dir>/checkpoints/last.ckpt.")
     # A checkpoint from before the package layout names the old modules in its targets.
     for key in ("hyper_parameters", "run_config"):
         checkpoint[key] = upgrade_targets(checkpoint.get(key))
     return checkpoint
+
+
+def archive_damage(path: Path) -> str | None:
+    """What is wrong with the zip archive of a checkpoint, None when every member's checksum
+    holds (or for the older non-zip format, which torch.load checks). torch.load reads the
+    archive without its checksums: a changed byte in the weights loads as a different model."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                return None
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.CRC == 0 and member.file_size:  # saved without checksums (torch's
+                    continue  # set_crc32_options(False)): nothing to check it against
+                with archive.open(member) as data:  # raises at the end when the CRC differs
+                    while data.read(1 << 24):
+                        pass
+    except Exception as error:  # noqa: BLE001  (a damaged archive raises many kinds)
+        return error_line(error)
+    return None
+
+
+def error_line(error: BaseException) -> str:
+    """An exception as one short line for a message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
 def directory_message(path: Path, key: str = "ckpt_path") -> str:

@@ -17,6 +17,7 @@ from aligned.config import ConfigError, build
 from aligned.training import run_directory
 from aligned.training.atomic_files import AtomicCheckpointIO
 from aligned.training.callbacks import EpochSeed, RunConfigInCheckpoint, TrainingTime
+from aligned.training.hpc_checkpoints import discard_hpc_checkpoints
 from aligned.training.interruption import Interrupted
 from aligned.training.loggers import build_logger, logger_callbacks
 from aligned.training.results import format_table, layer_values, write_results
@@ -24,7 +25,6 @@ from aligned.training.resume import (
     AUTO,
     RelocatableCheckpoint,
     check_same_settings,
-    discard_hpc_checkpoints,
     keep_csv_history,
     resume_checkpoint,
     run_dir_of,
@@ -47,22 +47,24 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     checkpoint and writes into the resumed run's directory. None after
     ``trainer.fast_dev_run``, which writes no results.
     """
-    check_settings(cfg, TRAIN_KEYS, ("model", "data", "loss", "optim", "trainer", "logger"))
-    check_seed(cfg)
-    check_input_kinds(cfg)
-    check_evaluation_batches(cfg)
-    resume_from = resume_checkpoint(cfg.get("resume"), cfg.run_dir)
-    run_dir = run_dir_of(resume_from) if resume_from else Path(cfg.run_dir).resolve()
-    # resume=auto with nothing to resume (a requeued job stopped inside its first epoch) starts
-    # afresh over what that attempt left.
-    fresh_auto = cfg.get("resume") == AUTO and resume_from is None
-    run_directory.claim(run_dir, resuming=resume_from is not None,
-                        overwrite=cfg.get("overwrite") is True or fresh_auto)
-    discard_hpc_checkpoints(run_dir)  # mid-epoch: never what a run resumes from (see resume.py)
     try:
+        check_settings(cfg, TRAIN_KEYS, ("model", "data", "loss", "optim", "trainer", "logger"))
+        check_seed(cfg)
+        check_input_kinds(cfg)
+        check_evaluation_batches(cfg)
+        resume_from = resume_checkpoint(cfg.get("resume"), cfg.run_dir)
+        run_dir = run_dir_of(resume_from) if resume_from else Path(cfg.run_dir).resolve()
+        # resume=auto with nothing to resume (a requeued job stopped inside its first epoch)
+        # starts afresh over what that attempt left.
+        fresh_auto = cfg.get("resume") == AUTO and resume_from is None
+        run_directory.claim(run_dir, resuming=resume_from is not None,
+                            overwrite=cfg.get("overwrite") is True or fresh_auto)
         return train_in(cfg, run_dir, resume_from)
     finally:
-        run_directory.release_all()  # the next job of a multirun may run in this process
+        # A command refused or stopped before its run started leaves its directories as they
+        # were (what the RunDirectoryGuard or claim set aside goes back); the next job of a
+        # multirun may run in this process.
+        run_directory.release_all()
 
 
 def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
@@ -106,6 +108,7 @@ def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
     logger = build_logger(cfg, parameters, resumed_logger)  # before cfg is stored in checkpoints
     timer = TrainingTime()
     callbacks = [checkpoint, latest, RunConfigInCheckpoint(cfg), EpochSeed(cfg.seed), timer,
+                 run_directory.CommitWhenTrainingStarts(run_directory.claimed()),
                  *user_callbacks(cfg, logger), *logger_callbacks(logger)]
     try:
         trainer: L.Trainer = build(
@@ -124,6 +127,7 @@ def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
         if resumed_at is not None:
             keep_csv_history(logger, *resumed_at)
         logger.log_hyperparams({"objective_extra_parameters": extra})
+    discard_hpc_checkpoints(run_dir)  # mid-epoch: never what a run resumes from
 
     fitted = False
     try:
@@ -145,6 +149,7 @@ def train_in(cfg: DictConfig, run_dir: Path, resume_from: Path | None
         raise
     finally:
         finish_wandb(logger)
+    run_directory.commit()  # as at the first step; a resumed run may have had none left to run
     if trainer.is_global_zero:
         write_results(run_dir / "results.json", results)
         print(format_table(results))

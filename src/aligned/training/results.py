@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from aligned.training.atomic_files import write_atomically
+from aligned.training.json_files import write_json
 from aligned.training.system import layer_key
 
 
@@ -18,8 +17,7 @@ def layer_values(
 
 
 def write_results(path: Path, results: dict[str, Any]) -> None:
-    text = (json.dumps(results, indent=2) + "\n").encode()
-    write_atomically(path, lambda file: file.write(text), "results file")
+    write_json(path, results, "results file")
 
 
 def format_table(results: dict[str, Any]) -> str:

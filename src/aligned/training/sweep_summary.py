@@ -22,7 +22,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from aligned.arguments import output_problem
 from aligned.training import interruption
+from aligned.training.json_files import restore_non_finite
 
 RESULTS_FILE = "results.json"
 CSV_FILE = "summary.csv"
@@ -68,7 +70,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[Run], list[Path]]:
     runs = []
     for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
         try:
-            results = json.loads(path.read_text())
+            results = restore_non_finite(json.loads(path.read_text()))
         except json.JSONDecodeError:  # cut short while writing; counts as unfinished
             continue
         runs.append(Run(path.parent, results, job_overrides(path.parent)))
@@ -185,8 +187,11 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir``; returns the CSV's rows."""
     sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
+    if not sweep_dir.exists():
         raise SweepSummaryError(f"sweep directory {sweep_dir} does not exist.")
+    problem = output_problem(sweep_dir, directory=True)  # before reading every job's results
+    if problem:
+        raise SweepSummaryError(f"sweep directory {sweep_dir} {problem}.")
     runs, unfinished = find_runs(sweep_dir)
     if not runs:
         raise SweepSummaryError(

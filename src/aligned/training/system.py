@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -154,9 +155,12 @@ class LayerwiseClassifier(L.LightningModule):
                      on_step=False, on_epoch=True, prog_bar=name == self.metric_names[0])
 
     def configure_optimizers(self) -> dict:
-        return adamw_with_warmup_cosine(
-            self, total_steps=int(self.trainer.estimated_stepping_batches), **self.optim
-        )
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):  # max_epochs=-1 with no max_steps: Lightning's "forever"
+            raise ConfigError("The learning-rate schedule (warm-up, decay) needs a finite "
+                              "training length: set trainer.max_epochs >= 1 or trainer.max_steps "
+                              f"(got {steps} steps).")
+        return adamw_with_warmup_cosine(self, total_steps=int(steps), **self.optim)
 
 
 def unpack(batch: Any) -> tuple[Any, torch.Tensor]:

@@ -6,7 +6,7 @@ Sections: the metric against the layer (the best checkpoint's chart, a bar per l
 every layer's validation curve in one panel instead of one panel per layer), training, and
 evaluate.py's runs; runs grouped by their W&B group (a sweep each, see docs/workflow.md).
 ``--print`` writes the workspace's spec as JSON and touches no network; without it the
-workspace is saved to W&B (a login is needed). Needs ``pip install wandb-workspaces``.
+workspace is saved to W&B (a login is needed). Needs ``pip install -e '.[workspace]'``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def workspace_modules() -> tuple[Any, Any]:
         import wandb_workspaces.workspaces as workspaces
     except ImportError:
         raise ConfigError("Laying out a W&B workspace needs the package wandb-workspaces: "
-                          "pip install wandb-workspaces") from None
+                          "pip install -e '.[workspace]'") from None
     return workspaces, reports
 
 
