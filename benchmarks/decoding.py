@@ -15,7 +15,12 @@ next-token accuracy at each exit rule's operating point.
    decoder with no exit) and each operating point, the configurations interleaved in
    ``--rounds`` rounds (median round reported), after one warm-up each; Hugging Face's
    ``generate`` beside them shows what the block-by-block path itself costs.
-4. ``--scored-tokens N``: each operating point that exits early on test is also scored by the
+4. ``--speculative``: lossless self-speculative decoding (``aligned.early_exit.speculative``):
+   the exit layer E and draft length d chosen on val (``speculation_plan``: layer E's agreement
+   runs with layer L, and the block and head costs measured here), a grid around them, and
+   Hugging Face's ``generate(assistant_early_exit=E, num_assistant_tokens=d)`` on the same
+   model (an exported checkpoint: ``python -m aligned.export``), timed in the same rounds.
+5. ``--scored-tokens N``: each operating point that exits early on test is also scored by the
    decoder itself, teacher-forced on the first N test tokens under ``--kv`` (for ``copy``, the
    accuracy the offline figures leave out: later tokens see copied states).
 
@@ -27,22 +32,29 @@ busy core.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from aligned.arguments import non_negative_int, output_directory, output_file, positive_int
 from aligned.config import ConfigError, user_message
 from aligned.data.text import PadWithLabels, TextDataModule
 from aligned.early_exit.decoding import KV_POLICIES, EarlyExitDecoder
+from aligned.early_exit.decoding_comparison import (
+    FULL_DEPTH,
+    DecodingComparison,
+    add_speculative,
+    hf_greedy,
+    speculative_rows,
+)
 from aligned.early_exit.offline import early_exit_summary, operating_point
 from aligned.early_exit.rules import RULES, make_rule
 from aligned.early_exit.signals import ExitSignals, collect_token_signals
 from aligned.models.backbones.hf_decoder import HFDecoder
+from aligned.training.json_files import write_json
 
 
 def model_path(name: str) -> str:
@@ -67,19 +79,6 @@ def prompts_of(data: TextDataModule, count: int, length: int) -> list[torch.Tens
         raise ConfigError(f"Only {len(chosen)} test documents have {length} tokens; ask for "
                           "fewer --prompts or a shorter --prompt-length.")
     return chosen[:count]
-
-
-def time_configs(runs: dict[str, Any], rounds: int) -> dict[str, float]:
-    """Median seconds per round of each run, interleaved so that drifting load hits all."""
-    for run in runs.values():
-        run(warm_up=True)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -142,55 +141,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     points = operating_points(summaries, num_layers)
 
     prompts = prompts_of(data, args.prompts, args.prompt_length)
-    generated: dict[str, list[torch.Tensor]] = {}
-    exit_layers: dict[str, list[torch.Tensor]] = {}
-
-    def decode_run(label: str, decoder: EarlyExitDecoder):
-        def go(warm_up: bool = False) -> None:
-            if warm_up:
-                decoder.generate(prompts[0], 2)
-                return
-            outputs = [decoder.generate(prompt, args.new_tokens) for prompt in prompts]
-            generated[label] = [out.tokens[0] for out in outputs]
-            exit_layers[label] = [out.exit_layers[0] for out in outputs]
-        return go
-
-    def hf_run(warm_up: bool = False) -> None:
-        count = 2 if warm_up else args.new_tokens
-        with torch.inference_mode():
-            outputs = [backbone.model.generate(prompt, do_sample=False, max_new_tokens=count,
-                                               min_new_tokens=count,
-                                               pad_token_id=data.pad_token_id)
-                       for prompt in (prompts[:1] if warm_up else prompts)]
-        generated["hf generate"] = [out[0, -count:] for out in outputs]
-
     decoders = {label: EarlyExitDecoder(backbone, make_rule(point["rule"], point["threshold"]),
                                         args.kv) for label, point in points.items()}
-    runs = {label: decode_run(label, decoder) for label, decoder in decoders.items()}
-    runs["hf generate"] = hf_run
+    comparison = DecodingComparison(prompts, args.new_tokens)  # "full depth" first: the baseline
+    for label, decoder in decoders.items():
+        comparison.add(label, decoder.generate)
+    comparison.add("hf generate", hf_greedy(backbone.model, data.pad_token_id))
+    plans, notes = [], {}
+    if args.speculative:
+        plans, notes = add_speculative(comparison, backbone, val, args.max_draft,
+                                       data.pad_token_id)
     started = time.perf_counter()
-    seconds = time_configs(runs, args.rounds)
+    comparison.time(args.rounds)
     timing_seconds = time.perf_counter() - started
-    new_tokens = args.new_tokens * len(prompts)
-    full_seconds = seconds["full depth"]
+    generated = comparison.generated
 
     rows = []
     for label, point in points.items():
-        layers = torch.cat(exit_layers[label]).double()
+        layers = torch.cat([result.exit_layers[0] for result in comparison.results[label]])
         prefix = [common_prefix(a, b) / args.new_tokens
-                  for a, b in zip(generated[label], generated["full depth"], strict=True)]
-        row = {"label": label, **point,
-               "tokens_per_s": new_tokens / seconds[label],
-               "measured_speedup": full_seconds / seconds[label],
-               "generation_mean_exit_layer": float(layers.mean()),
+                  for a, b in zip(generated[label], generated[FULL_DEPTH], strict=True)]
+        # the offline summary's "speedup" is predicted (L / mean exit); the row's, measured
+        row = {"label": label, **point, "predicted_speedup": point.get("speedup"),
+               **comparison.row(label),
+               "generation_mean_exit_layer": float(layers.double().mean()),
                "same_as_full_depth_prefix": statistics.mean(prefix)}
-        if args.scored_tokens and (label == "full depth" or point["mean_exit_layer"] < num_layers):
+        if args.scored_tokens and (label == FULL_DEPTH or point["mean_exit_layer"] < num_layers):
             scored = decoder_accuracy(decoders[label], data, args.scored_tokens)
             # The offline simulation on the same tokens: the decoder's figure minus this one
             # is what the KV policy costs (0 up to round-off for recompute).
-            same_tokens = test.rows(slice(0, scored["tokens"]))
+            scored_signals = test.rows(slice(0, scored["tokens"]))
             scored["offline_accuracy"] = operating_point(decoders[label].rule,
-                                                        same_tokens)["accuracy"]
+                                                        scored_signals)["accuracy"]
             row["decoder_teacher_forced"] = scored
         rows.append(row)
     full_offline = summaries[args.max_drops[0]]["full_depth_accuracy"]
@@ -202,13 +184,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "num_layers": num_layers, "max_drops": args.max_drops,
         "prompts": len(prompts), "prompt_length": args.prompt_length,
         "new_tokens": args.new_tokens, "rounds": args.rounds,
-        "hf_generate_tokens_per_s": new_tokens / seconds["hf generate"],
+        "hf_generate_tokens_per_s": comparison.row("hf generate")["tokens_per_s"],
         # the decoder with no exit against HF's own greedy decoding, token for token
-        "full_depth_equals_hf_generate": all(
-            torch.equal(a, b) for a, b in zip(generated["full depth"], generated["hf generate"],
-                                              strict=True)),
+        "full_depth_equals_hf_generate": comparison.row("hf generate")["identical_to_full_depth"],
         "seconds": {"load": loaded, "signals": signals_seconds, "timing": timing_seconds},
         "points": rows,
+        "speculative": speculative_rows(comparison, plans, test, notes) if plans else [],
+        "piece_costs": notes.get("piece_costs"),
         "offline": {str(drop): summary for drop, summary in summaries.items()},
     }
 
@@ -226,24 +208,33 @@ def report(results: dict[str, Any]) -> str:
         lines.append(
             f"{row['label']:<22}{drops:>10}{row['val_accuracy']:>9.4f}{row['accuracy']:>9.4f}"
             f"{row['mean_exit_layer']:>7.2f}{row.get('mean_head_calls', 1.0):>7.2f}"
-            f"{row['tokens_per_s']:>8.2f}{row['measured_speedup']:>9.2f}"
+            f"{row['tokens_per_s']:>8.2f}{row['speedup']:>9.2f}"
             f"{row['generation_mean_exit_layer']:>9.2f}{row['same_as_full_depth_prefix']:>6.2f}"
             f"{scored:>20}")
+    if results["speculative"]:
+        lines.append(f"{'lossless':<30}{'E':>3}{'d':>3}{'tok/s':>8}{'speed-up':>9}"
+                     f"{'identical':>10}{'accepted':>9}{'tok/ver':>8}{'val':>6}{'test':>6}"
+                     f"{'predicted':>10}")
+    for row in results["speculative"]:
+        known = "accepted_per_verification" in row
+        if "error" in row:
+            lines.append(f"{row['label']:<30}{row['exit_layer']:>3}{row['draft_tokens']:>3}  "
+                         f"failed: {row['error'][:200]}")
+            continue
+        lines.append(
+            f"{row['label']:<30}{row['exit_layer']:>3}{row['draft_tokens']:>3}"
+            f"{row['tokens_per_s']:>8.2f}{row['speedup']:>9.2f}"
+            f"{str(row['identical_to_full_depth']):>10}"
+            + (f"{row['accepted_per_verification']:>9.2f}{row['tokens_per_verification']:>8.2f}"
+               f"{row['val_tokens_per_verification']:>6.2f}"
+               f"{row['test_tokens_per_verification']:>6.2f}{row['predicted_speedup']:>10.2f}"
+               if known else ""))
     lines.append(f"HF generate (full depth): {results['hf_generate_tokens_per_s']:.2f} tok/s, "
                  f"the same tokens as full depth: {results['full_depth_equals_hf_generate']}")
     seconds = results["seconds"]
     lines.append(f"load {seconds['load']:.1f} s, signals {seconds['signals']:.1f} s, timing "
                  f"{seconds['timing']:.1f} s")
     return "\n".join(lines)
-
-
-def positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
 
 
 def drops(text: str) -> list[float]:
@@ -258,22 +249,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="smollm2",
                         help="smollm2, a save_pretrained directory, a .gguf file or a hub id")
     parser.add_argument("--source", default="bbc_news", help="data.source of data=text")
-    parser.add_argument("--cache-dir", default="~/.cache/aligned/text")
-    parser.add_argument("--max-length", type=positive(int), default=128)
-    parser.add_argument("--val-tokens", type=positive(int), default=1000)
-    parser.add_argument("--test-tokens", type=positive(int), default=1000)
-    parser.add_argument("--batch-size", type=positive(int), default=4)
+    parser.add_argument("--cache-dir", type=output_directory, default="~/.cache/aligned/text")
+    parser.add_argument("--max-length", type=positive_int, default=128)
+    parser.add_argument("--val-tokens", type=positive_int, default=1000)
+    parser.add_argument("--test-tokens", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument("--max-drops", type=drops, default=[0.01])
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     parser.add_argument("--kv", default="recompute", choices=KV_POLICIES)
-    parser.add_argument("--prompts", type=positive(int), default=3)
-    parser.add_argument("--prompt-length", type=positive(int), default=32)
-    parser.add_argument("--new-tokens", type=positive(int), default=24)
-    parser.add_argument("--rounds", type=positive(int), default=1)
-    parser.add_argument("--scored-tokens", type=int, default=0)
-    parser.add_argument("--threads", type=positive(int), default=1)
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    return parser.parse_args(argv)
+    parser.add_argument("--prompts", type=positive_int, default=3)
+    parser.add_argument("--prompt-length", type=positive_int, default=32)
+    parser.add_argument("--new-tokens", type=positive_int, default=24)
+    parser.add_argument("--rounds", type=positive_int, default=1)
+    parser.add_argument("--speculative", action="store_true",
+                        help="also time lossless self-speculative decoding and HF's "
+                             "assistant_early_exit")
+    parser.add_argument("--max-draft", type=positive_int, default=8,
+                        help="the longest draft the --speculative plan considers")
+    parser.add_argument("--scored-tokens", type=non_negative_int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--json", type=output_file, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.prompt_length > args.max_length:  # documents are cut to --max-length tokens
+        parser.error(f"--prompt-length {args.prompt_length} is more than --max-length "
+                     f"{args.max_length}, the longest a test document is read.")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -281,10 +281,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         results = run(args)
     except ConfigError as error:
-        sys.exit(user_message(error))
+        print(f"Error: {user_message(error)}", file=sys.stderr)  # as train.py and evaluate.py
+        sys.exit(2)
     print(report(results))
     if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1))
+        write_json(args.json, results, "--json file")
     return results
 
 

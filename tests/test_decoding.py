@@ -214,3 +214,13 @@ def test_from_system_reads_a_multiexit_models_own_heads(tmp_path):
         shared_head = backbone.head(state.tokens[0]).argmax(-1)
     assert torch.equal(decoded.tokens[0], own_head)
     assert not torch.equal(own_head, shared_head)  # so the test tells the heads apart
+
+
+def test_nan_weights_and_a_nan_threshold_are_one_clear_error(backbone):
+    with pytest.raises(ConfigError, match="threshold is NaN"):
+        EarlyExitDecoder(backbone, ConfidenceRule(math.nan))
+    broken = HFDecoder(str(backbone.model.name_or_path)).eval().double()
+    with torch.no_grad():
+        broken.parts.embed_tokens.weight[5] = float("nan")
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        EarlyExitDecoder(broken, BudgetRule(2)).generate(torch.tensor([[4, 5, 6]]), 3)

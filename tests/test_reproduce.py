@@ -4,6 +4,7 @@ results, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -18,7 +19,7 @@ from tiny_models import TINY_LLAMA
 
 from aligned.config import ConfigError
 from aligned.data import mnist
-from aligned.reproduce import claims, runs
+from aligned.reproduce import claims, runs, workloads
 from aligned.reproduce.__main__ import main, reproduce
 from aligned.reproduce.collected import Collected
 from aligned.reproduce.runs import RunResult
@@ -101,10 +102,17 @@ def test_the_report_has_every_claim_with_a_verdict_and_a_second_run_trains_nothi
 
 @pytest.mark.slow
 def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
-        tmp_path, capsys, one_thread):
+        tmp_path, capsys, one_thread, monkeypatch):
     """gpt2_wikitext103 (scale=paper) on a tiny random GPT-2 and a .txt corpus: trained,
     evaluated per token and reported; the LM's exit sweep (per token) serves the single-head
-    claim, and the timed speed-up, which the LM workload has no benchmark for, is unmeasured."""
+    claim, the classifiers' timed speed-up is unmeasured, and its decoding is timed."""
+    # Its decoding timed as lm_bbc's is (standard and aligned), at this tiny model's sizes.
+    workload = workloads.WORKLOADS["gpt2_wikitext103"]
+    monkeypatch.setitem(workloads.WORKLOADS, "gpt2_wikitext103", dataclasses.replace(
+        workload, benchmark=True, benchmark_losses=("standard", "aligned")))
+    for name, value in (("SIGNAL_TOKENS", 100), ("PROMPTS", 2), ("PROMPT_LENGTH", 6),
+                        ("NEW_TOKENS", 5), ("MAX_DRAFT", 2)):
+        monkeypatch.setattr(runs, name, value)
     lm, corpus = save_tiny_lm(tmp_path / "gpt2"), write_corpus(tmp_path / "corpus", 30)
     tiny = [f"model.name_or_path={lm}", f"data.source={corpus}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.max_length=16", "data.batch_size=4",
@@ -120,7 +128,14 @@ def test_the_paper_scales_causal_lm_runs_through_every_claim_that_reads_layers(
     sections = dict(re.findall(r"^## (\d+)\. .+?\*\*Verdict: (.+?)\.\*\*$", text,
                                flags=re.M | re.S))
     assert len(sections) == len(claims.CLAIMS)
-    assert sections["10"] == claims.UNMEASURED  # no early-exit timing for an LM
+    assert sections["10"] == claims.UNMEASURED  # no classifier early-exit timing for an LM
+    assert sections["12"] != claims.UNMEASURED  # its decoding, timed
+    for loss in ("standard", "aligned"):
+        rows = json.loads((tmp_path / "runs" / "gpt2_wikitext103" / loss / "seed0" /
+                           "benchmark.json").read_text())["rows"]
+        assert rows[0]["label"] == "full depth"
+        assert all(row["identical_to_full_depth"] for row in rows
+                   if row["label"].startswith("speculative")), loss
     assert claims.UNMEASURED not in (sections["1"], sections["7"], sections["8"])
     assert "GPT-2 on WikiText-103 (next token, per token)" in text.split("## 5. ")[1]
     evaluation = json.loads((tmp_path / "runs" / "gpt2_wikitext103" / "aligned" / "seed0" /
@@ -145,7 +160,11 @@ def test_the_lm_workload_reports_the_papers_lm_figures_and_is_kept_for_later_rep
     reproduce(["--workloads", "lm_bbc", *common, "--override", *(f"lm_bbc:{o}" for o in tiny)])
     text = out.read_text()
     assert "5 trained by this invocation" in text
-    lm = text.split("## 11. The paper's causal-LM figures")[1]
+    lm = text.split("## 11. The paper's causal-LM figures")[1].split("## 12. ")[0]
+    decoding = text.split("## 12. ")[1].split("## Runs")[0]  # standard and aligned timed
+    for loss in ("standard", "aligned"):
+        assert f"| LLaMA from scratch on BBC News (next token, per token) | {loss} | 0 |" in (
+            decoding)
     for loss in ("standard", "aligned", "multiexit", "alternating", "sampled"):
         assert f"| LLaMA from scratch on BBC News (next token, per token) | {loss} |" in lm
     paper = "| (the paper: GPT-2, L = 12) | aligned | 12.7 | 28.8 | 34.4 | 34.9 | 43.4 | 47.7 |"
@@ -314,6 +333,37 @@ def test_the_lm_figures_claim_tests_the_papers_four_lm_figures(curves, expected)
     assert f"| LM | standard | {cells} |" in "\n".join(claim.table)
     # a classifier workload has no LM figures
     assert claims.lm_figures(Collected([made_up("a", "standard", 0, [.5, .9])], {})).outcomes == {}
+
+
+def decoding_rows(speedup: float, accepted: float, identical: bool = True) -> list[dict]:
+    """An LM's benchmark.json rows: full depth, the plan chosen on val, HF's assistant."""
+    return [{"label": "full depth", "tokens_per_s": 100.0, "speedup": 1.0,
+             "identical_to_full_depth": True},
+            {"label": "speculative E=2 d=3", "exit_layer": 2, "draft_tokens": 3,
+             "tokens_per_s": 100.0 * speedup, "speedup": speedup,
+             "identical_to_full_depth": identical, "accepted_per_verification": accepted},
+            {"label": "hf assistant_early_exit", "exit_layer": 2, "draft_tokens": 3,
+             "error": "IndexError: list index out of range"}]
+
+
+@pytest.mark.parametrize(("aligned", "standard", "verdict"), [
+    ((1.6, 2.0, True), (1.2, 0.8, True), claims.HOLDS),
+    ((1.4, 2.0, True), (1.2, 0.8, True), claims.FAILS),  # below 1.5x
+    ((1.6, 0.7, True), (1.2, 0.8, True), claims.FAILS),  # standard accepts more
+    ((1.6, 2.0, False), (1.2, 0.8, True), claims.FAILS),  # not lossless: no configuration
+])
+def test_the_lm_early_exit_claim_reads_the_lossless_speedup_and_the_acceptance(
+        aligned, standard, verdict):
+    made = []
+    for loss, (speedup, accepted, identical) in (("aligned", aligned), ("standard", standard)):
+        run = made_up_lm(loss, 0, [0.2, 0.3])
+        run.benchmark = decoding_rows(speedup, accepted, identical)
+        made.append(run)
+    claim = claims.lm_early_exit(Collected(made, {"lm": "LM"}))
+    assert claim.verdict == verdict
+    assert any("IndexError" in line for line in claim.table)  # HF's failure is shown
+    # classifier timing (claim 10) ignores an LM's decoding rows
+    assert claims.early_exit_speedup(Collected(made, {})).verdict == claims.UNMEASURED
 
 
 def speedup_verdict(pooled: list[float], batch1: list[float], predicted: float = 2.0) -> str:

@@ -47,7 +47,9 @@ import torch
 
 from aligned.analysis.cos import cosine_to_previous
 from aligned.config import ConfigError
+from aligned.early_exit.input_checks import check_finite, checked_rule
 from aligned.early_exit.rules import ExitRule, LayerSignals, exit_layer_by_layer
+from aligned.models.backbones.base import BlockState
 from aligned.models.backbones.hf_decoder import HFDecoder
 
 KV_POLICIES = ("recompute", "copy")
@@ -84,6 +86,7 @@ class _Stream:
         self.positions = torch.cat([self.positions, counted], 1)
         self.padded = self.padded or not bool(mask.all())
         embedded = backbone.embed(ids, counted)
+        check_finite(BlockState(embedded, {}))  # NaN weights would decode token 0 silently
         rotary = backbone.rotary_embeddings(embedded, counted)  # once, not once per block
         if rotary is not None:
             self.rotary = rotary if self.rotary is None else tuple(
@@ -118,7 +121,7 @@ class EarlyExitDecoder:
                               "later token needs them) or 'copy' (CALM: their keys and values "
                               "from the exit state).")
         self.backbone = backbone.eval()
-        self.rule = rule
+        self.rule = checked_rule(rule)
         self.kv = kv
         self.logits_at = logits_at or (lambda layer, features: backbone.head(features))
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from aligned.arguments import output_problem
 from aligned.config import ConfigError, user_message
+from aligned.extras import missing_extras
 from aligned.reproduce import claims as claim_functions
 from aligned.reproduce.collected import STORED_RUNS, Collected, load_runs, save_runs
 from aligned.reproduce.report import Provenance, shown, write_report
@@ -28,11 +31,13 @@ from aligned.reproduce.runs import (
     CHECKOUT,
     RunResult,
     RunSpec,
+    check_record,
     compose_config,
     execute_all,
     log_to_console,
 )
 from aligned.reproduce.workloads import LOSSES, SCALES, WORKLOADS, Scale, find
+from aligned.typed_settings import TRAIN_KEYS, TRAIN_SECTIONS, check_seed, check_settings
 
 log = logging.getLogger("aligned.reproduce")
 
@@ -57,7 +62,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="GLUE in its TSV layout (SST-2/train.tsv, ...) for the GLUE workloads")
     parser.add_argument("--override", nargs="+", action="extend", default=[],
                         metavar="[WORKLOAD:]KEY=VALUE",
-                        help="train.py overrides added to every run (or to one workload's)")
+                        help="train.py overrides added to every run (or to one workload's); "
+                             "not seed= or loss=, which --seeds and --losses choose")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained and evaluated at once, each in its own process with "
                              "cores/jobs torch threads; the early-exit timings then run one at "
@@ -81,6 +87,8 @@ def plan(args: argparse.Namespace, scale: Scale, root: Path) -> list[RunSpec]:
     seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else scale.seeds))
     if any(seed < 0 for seed in seeds):
         raise ConfigError(f"--seeds must be integers of 0 or more, got {seeds}.")
+    if any(seed >= 2**32 for seed in seeds):  # numpy's seeding range
+        raise ConfigError(f"--seeds must be below 2**32, got {seeds}.")
     benchmarked = seeds[: scale.benchmark_seeds] if scale.benchmark_seeds else seeds
     specs = []
     for workload in workloads:
@@ -93,7 +101,8 @@ def plan(args: argparse.Namespace, scale: Scale, root: Path) -> list[RunSpec]:
                 specs.append(RunSpec(workload, loss, seed, run_overrides,
                                      root / workload.name / loss / f"seed{seed}",
                                      glue_dir if workload.glue else None,
-                                     benchmark=workload.benchmark and loss == "aligned"
+                                     benchmark=workload.benchmark
+                                     and loss in workload.benchmark_losses
                                      and seed in benchmarked))
     return specs
 
@@ -111,30 +120,77 @@ def split_overrides(values: list[str], workloads: list[str]) -> dict[str, list[s
             if name not in WORKLOADS:
                 raise ConfigError(f"--override {value}: unknown workload '{name}'; choose one "
                                   f"of {', '.join(WORKLOADS)}.")
+            refuse_run_keys(value, override)
             if name in chosen:
                 chosen[name].append(override)
             continue
+        refuse_run_keys(value, value)
         for overrides in chosen.values():
             overrides.append(value)
     return chosen
 
 
+# The keys the runner sets for each run (appended last, so an override of them would be lost):
+# the flag that chooses them instead.
+RUN_KEYS = {"seed": "--seeds 0 1 2", "loss": "--losses standard aligned"}
+
+
+def refuse_run_keys(value: str, override: str) -> None:
+    key = override.split("=", 1)[0].lstrip("+~")
+    if key in RUN_KEYS:
+        example = RUN_KEYS[key]
+        raise ConfigError(f"--override {value}: the reproduction sets {key} itself, once per "
+                          f"run; choose them with {example.split()[0]} (e.g. {example}).")
+
+
 def check_configs(specs: list[RunSpec]) -> None:
-    """Compose each (workload, loss) once before anything trains, so a bad override fails in
-    seconds rather than after hours of training."""
+    """Compose each (workload, loss) once and check its settings as train() first does, check
+    its extras are installed, and every run directory's record, before anything trains: a bad
+    override fails in seconds rather than after hours of training."""
+    from aligned.training.fit import check_evaluation_batches, check_input_kinds
+
     seen = set()
     for spec in specs:
+        check_record(spec)  # a directory trained with other overrides
         if (spec.workload.name, spec.loss) in seen:
             continue
         seen.add((spec.workload.name, spec.loss))
+        missing = missing_extras(list(spec.overrides))
+        if missing:
+            raise ConfigError(f"{spec.workload.name}: {missing}")
         try:
-            compose_config("train", list(spec.overrides), spec.directory)
+            cfg = compose_config("train", list(spec.overrides), spec.directory)
         except ConfigError:
             raise
         except Exception as error:  # noqa: BLE001  (Hydra's override and composition errors)
             raise ConfigError(f"{spec.workload.name} {spec.loss}: the train.py overrides "
                               f"{' '.join(spec.overrides)} do not compose: "
                               f"{str(error).splitlines()[0]}") from None
+        try:
+            check_settings(cfg, TRAIN_KEYS, TRAIN_SECTIONS)
+            check_seed(cfg)
+            check_input_kinds(cfg)
+            check_evaluation_batches(cfg)
+        except ConfigError as error:
+            raise ConfigError(f"{spec.workload.name} {spec.loss}: {error}") from None
+
+
+def check_numbers(args: argparse.Namespace, rounds: int) -> None:
+    if rounds < 1:
+        raise ConfigError(f"--benchmark-rounds must be at least 1, got {rounds}.")
+    if not 0 < args.benchmark_seconds < math.inf:
+        raise ConfigError(f"--benchmark-seconds must be a number of seconds above 0, got "
+                          f"{args.benchmark_seconds}.")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
+
+
+def check_outputs(root: Path, out: Path) -> None:
+    """The run directories' root and the report can be written (checked before the runs)."""
+    for flag, path, directory in (("--root", root, True), ("--out", out, False)):
+        problem = output_problem(path, directory)
+        if problem:
+            raise ConfigError(f"{flag} {path} {problem}.")
 
 
 def default_report(scale: Scale, root: Path) -> Path:
@@ -155,11 +211,10 @@ def reproduce(argv: list[str] | None = None) -> Path:
     scale = SCALES[args.scale]
     root = Path(args.root or f"outputs/reproduce/{scale.name}").expanduser().resolve()
     out = Path(args.out).expanduser() if args.out else default_report(scale, root)
-    rounds = args.benchmark_rounds or scale.benchmark_rounds
-    if rounds < 1 or not args.benchmark_seconds > 0:
-        raise ConfigError("--benchmark-rounds must be at least 1 and --benchmark-seconds above 0.")
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
+    rounds = (scale.benchmark_rounds if args.benchmark_rounds is None
+              else args.benchmark_rounds)
+    check_numbers(args, rounds)
+    check_outputs(root, out)
     specs = plan(args, scale, root)
     check_configs(specs)
 

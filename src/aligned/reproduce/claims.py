@@ -1,87 +1,39 @@
 """The paper's claims (docs/method.md, "Claims"), each a function from the collected runs to a
-table, a per-workload test and a verdict decided by the rule written beside it.
-
-Every claim states a test that one workload passes or fails (None: that workload lacks the
-runs the test needs; WITHIN_NOISE: a timed test whose threshold lies inside its rounds'
-spread). The verdict is the same function of those outcomes for every claim: holds when every
-measured workload passes, partly when some do, does not hold at this scale when none does, not
-measured when no workload has the runs, not decided when it hangs on a test within noise.
-"""
+table, a per-workload test and a verdict decided by the rule written beside it
+(``claim_types``); the causal-LM claims are in ``lm_claims``, and ``CLAIMS`` lists them all in
+the report's order."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from aligned.early_exit.offline import matched_comparison
 from aligned.early_exit.parameter_count import shared_head_saving
+from aligned.reproduce.claim_types import (  # noqa: F401  (the verdicts, read as claims.HOLDS)
+    FAILS,
+    HOLDS,
+    PARTLY,
+    SHARED_HEAD,
+    UNDECIDED,
+    UNMEASURED,
+    VERDICT_RULE,
+    WITHIN_NOISE,
+    Claim,
+    Outcome,
+    all_losses,
+    all_passed,
+    nan_to_fail,
+    passed,
+    table,
+    title,
+    verdict_of,
+)
 from aligned.reproduce.collected import Collected, mean, pm
-
-HOLDS, PARTLY, FAILS, UNMEASURED = "holds", "partly", "does not hold at this scale", "not measured"
-UNDECIDED = "not decided at this precision"
-VERDICT_RULE = ("holds: the test passes on every workload measured; partly: on some; does not "
-                "hold at this scale: on none; not measured: no workload has the runs it needs; "
-                f"{UNDECIDED}: the verdict would change with a timed test that is within its "
-                "rounds' noise of its threshold")
-WITHIN_NOISE = "within noise"  # a test outcome: neither passed nor failed at this precision
-Outcome = bool | str | None  # passed, WITHIN_NOISE, or None (not measurable)
-SHARED_HEAD = ("standard", "aligned")  # the losses whose every layer reads the one head
-
-
-@dataclass
-class Claim:
-    """One section of the report."""
-
-    key: str
-    title: str
-    statement: str  # what the paper claims, in our words
-    rule: str  # the per-workload test
-    table: list[str]  # markdown lines
-    outcomes: dict[str, Outcome]  # per workload: passed, failed, within noise, or None
-    figures: list[str] = field(default_factory=list)  # figure kinds (report.FIGURES)
-    note: str = ""
-
-    @property
-    def verdict(self) -> str:
-        return verdict_of(self.outcomes)
-
-
-def verdict_of(outcomes: dict[str, Outcome]) -> str:
-    measured = [outcome for outcome in outcomes.values() if outcome is not None]
-    if not measured:
-        return UNMEASURED
-    passes, fails = True in measured, False in measured
-    if WITHIN_NOISE in measured:  # decided only where either way out gives the same verdict
-        return PARTLY if passes and fails else UNDECIDED
-    if all(measured):
-        return HOLDS
-    return PARTLY if passes else FAILS
-
-
-def all_passed(outcomes: list[Outcome]) -> Outcome:
-    """One outcome for tests that must all pass: a failure fails, noise leaves it open."""
-    if False in outcomes:
-        return False
-    return WITHIN_NOISE if WITHIN_NOISE in outcomes else True
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
-
-
-def passed(outcome: Outcome) -> str:
-    return {True: "pass", False: "fail", None: "not measured", WITHIN_NOISE: WITHIN_NOISE}[outcome]
-
-
-def nan_to_fail(value: float, test: Callable[[float], bool]) -> bool:
-    """An undefined measure (NaN, e.g. a correlation with a constant curve) fails its test."""
-    return not math.isnan(value) and test(value)
-
+from aligned.reproduce.lm_claims import lm_early_exit, lm_figures
 
 # -- 1. COS agrees with CKA -------------------------------------------------------------------
 
@@ -441,7 +393,8 @@ def round_spread(entries: list[dict], key: str, scale: list[float]) -> tuple[flo
 def early_exit_speedup(collected: Collected) -> Claim:
     rows, outcomes = [], {}
     for workload in collected.workloads:
-        benchmarked = [r for r in collected.of(workload, "aligned") if r.benchmark]
+        benchmarked = [r for r in collected.of(workload, "aligned")  # an LM's: lm_early_exit
+                       if r.benchmark and r.evaluation.get("unit") != "tokens"]
         if not benchmarked:
             continue
         by_rule: dict[str, list[dict]] = {}
@@ -484,110 +437,6 @@ def early_exit_speedup(collected: Collected) -> Claim:
         figures=["speedup"])
 
 
-# -- 11. The paper's causal-LM figures -------------------------------------------------------
-
-# The authors' GPT-2 notebook (docs/method.md, "The paper's numbers"): next-token accuracy at
-# layers 1, L/2, L-1 and L, the final layer's perplexity, and the share of tokens saturating
-# before the last layer.
-PAPER_LM = {"standard": (0.057, 0.108, 0.186, 0.399, 27.9, 0.183),
-            "aligned": (0.127, 0.288, 0.344, 0.349, 43.4, 0.477),
-            "alternating": (0.082, 0.216, 0.335, 0.387, 31.2, math.nan)}
-BASELINE_GAP_MIN = 2.0  # standard: final at least 2x the middle layer (the paper's 3.7x)
-MIDDLE_GAIN_MIN = 2.0  # aligned middle layer at least 2x standard's (the paper's 2.7x)
-SAMPLED_MAX_GAP = 0.02  # loss=sampled's middle layer within 2 points of the full aligned loss's
-
-
-def middle(run) -> float:
-    """Test accuracy at the middle layer L/2 (GPT-2's layer 6 of 12)."""
-    curve = run.evaluation["layer_accuracy"]
-    return curve[len(curve) // 2 - 1]
-
-
-def lm_figures(collected: Collected) -> Claim:
-    rows, outcomes = [], {}
-    for workload in collected.workloads:
-        runs = collected.of(workload, "standard") + collected.of(workload, "aligned")
-        if not runs or runs[0].evaluation.get("unit") != "tokens":
-            continue
-        layers = runs[0].evaluation["num_layers"]
-        for loss in ["paper's GPT-2 " + name for name in PAPER_LM] + all_losses(collected):
-            if loss.startswith("paper"):
-                values = PAPER_LM[loss.rsplit(" ", 1)[1]]
-                cells = [f"{100 * v:.1f}" for v in values[:4]] + [
-                    f"{values[4]:.1f}", "—" if math.isnan(values[5]) else f"{100 * values[5]:.1f}"]
-                rows.append(["(the paper: GPT-2, L = 12)", loss.split(" ", 2)[2], *cells, ""])
-                continue
-            of = collected.of(workload, loss)
-            if not of:
-                continue
-            curve = [r.evaluation["layer_accuracy"] for r in of]
-            rows.append([title(collected, workload), loss,
-                         *(pm([c[index] for c in curve], scale=100)
-                           for index in (0, layers // 2 - 1, layers - 2, layers - 1)),
-                         pm([r.evaluation["layer_perplexity"][-1] for r in of]),
-                         pm([r.evaluation["saturation"]["early_fraction"] for r in of],
-                            scale=100), ""])
-        tests = lm_tests(collected, workload)
-        outcomes[workload] = all_passed(list(tests.values())) if tests else None
-        for name, outcome in tests.items():
-            rows.append([title(collected, workload), f"**{name}**", "", "", "", "", "", "",
-                         passed(outcome)])
-    return Claim(
-        "lm_figures", "The paper's causal-LM figures",
-        "On GPT-2 fine-tuned on WikiText-103 the shared head reads the middle layer far worse "
-        "than the last after standard training (next-token accuracy .108 against .399); aligned "
-        "training lifts the middle layer 2.7x (.288) at a cost at the last (.349), and the "
-        "alternating variant lies between the two.",
-        f"On a causal LM, mean over seeds of test next-token accuracy: (1) the standard baseline, "
-        f"the final layer at least {BASELINE_GAP_MIN:.0f}x the middle layer L/2; (2) aligned's "
-        f"middle layer at least {MIDDLE_GAIN_MIN:.0f}x standard's; (3) alternating between "
-        "standard and aligned at the middle layer and at the last; (4) the sampled aligned "
-        f"loss (loss=sampled: 2 hidden layers drawn per step) within "
-        f"{100 * SAMPLED_MAX_GAP:.0f} points of the full aligned loss at the middle layer, at "
-        "the same number of steps. Each where its runs exist; all must pass.",
-        table(["workload", "loss", "layer 1 %", "layer L/2 %", "layer L−1 %", "final %",
-               "final perplexity", "early saturation %", "test"], rows), outcomes,
-        figures=["accuracy"])
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator; inf over 0 (NaN for 0 / 0, which fails its test)."""
-    if denominator == 0:
-        return math.inf if numerator > 0 else math.nan
-    return numerator / denominator
-
-
-def lm_tests(collected: Collected, workload: str) -> dict[str, Outcome]:
-    """The tests of ``lm_figures``, for the losses the workload has."""
-    def mean_of(loss: str, read) -> float:
-        return mean(read(r) for r in collected.of(workload, loss))
-
-    def final(run) -> float:
-        return run.evaluation["layer_accuracy"][-1]
-
-    have = {loss: bool(collected.of(workload, loss)) for loss in
-            ("standard", "aligned", "alternating", "sampled")}
-    tests: dict[str, Outcome] = {}
-    if have["standard"]:
-        tests[f"standard: final ≥ {BASELINE_GAP_MIN:.0f}x layer L/2"] = nan_to_fail(
-            ratio(mean_of("standard", final), mean_of("standard", middle)),
-            lambda times: times >= BASELINE_GAP_MIN)
-    if have["standard"] and have["aligned"]:
-        tests[f"aligned layer L/2 ≥ {MIDDLE_GAIN_MIN:.0f}x standard's"] = nan_to_fail(
-            ratio(mean_of("aligned", middle), mean_of("standard", middle)),
-            lambda times: times >= MIDDLE_GAIN_MIN)
-    if have["sampled"] and have["aligned"]:
-        tests[f"sampled layer L/2 within {100 * SAMPLED_MAX_GAP:.0f} points of aligned's"] = (
-            abs(mean_of("sampled", middle) - mean_of("aligned", middle)) <= SAMPLED_MAX_GAP)
-    if have["standard"] and have["aligned"] and have["alternating"]:
-        def between(read) -> bool:
-            low, high = sorted((mean_of("standard", read), mean_of("aligned", read)))
-            return low <= mean_of("alternating", read) <= high
-
-        tests["alternating between standard and aligned"] = between(middle) and between(final)
-    return tests
-
-
 CLAIMS: tuple[Callable[[Collected], Claim], ...] = (
     cos_agrees_with_cka,
     similarity_rises_as_layers_get_closer,
@@ -600,15 +449,7 @@ CLAIMS: tuple[Callable[[Collected], Claim], ...] = (
     parameter_savings,
     early_exit_speedup,
     lm_figures,
+    lm_early_exit,
 )
 
 
-def all_losses(collected: Collected) -> list[str]:
-    """The losses present, in the canonical order (standard, aligned, multiexit)."""
-    present = {run.loss for run in collected.runs}
-    order = ["standard", "aligned", "multiexit", "alternating", "sampled"]
-    return [loss for loss in order if loss in present] + sorted(present - set(order))
-
-
-def title(collected: Collected, workload: str) -> str:
-    return collected.titles.get(workload, workload)

@@ -269,7 +269,8 @@ def similarity_figure(collected: Collected, workload: str):
 
 def speedup_figure(collected: Collected, workload: str):
     """Predicted against measured early-exit speed-up per rule (aligned, mean over seeds)."""
-    runs = [r for r in collected.of(workload, "aligned") if r.benchmark]
+    runs = [r for r in collected.of(workload, "aligned")  # an LM's decoding: claim 12's table
+            if r.benchmark and r.evaluation.get("unit") != "tokens"]
     if not runs:
         return None
     rules = list(dict.fromkeys(row["rule"] for r in runs for row in r.benchmark))

@@ -11,7 +11,6 @@ from the ones asked for is an error, never silently reused or overwritten.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import time
@@ -30,6 +29,8 @@ from omegaconf import DictConfig, open_dict
 import aligned.resolvers  # noqa: F401  (the configs' resolvers, as train.py registers them)
 from aligned.config import ConfigError, conf_dir
 from aligned.reproduce.workloads import Workload
+from aligned.training import json_files
+from aligned.training.json_files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,8 @@ def compose_config(name: str, overrides: list[str], run_dir: Path) -> DictConfig
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_json(path: Path, value: Any) -> None:
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    partial.replace(path)  # a killed process leaves the old file or none, never half a file
+    """A JSON file the project wrote, its non-finite values restored; None when missing."""
+    return json_files.read_json(path) if path.is_file() else None
 
 
 def check_record(spec: RunSpec) -> dict[str, Any]:
@@ -138,10 +134,12 @@ def execute(spec: RunSpec, rounds: int, round_seconds: float) -> RunResult:
     benchmark = None
     if spec.benchmark:
         stored = read_json(spec.directory / "benchmark.json")
-        # Rows without their rounds (an older benchmark.json) are timed again: the spread
-        # of the rounds decides the claim.
+        # A classifier's rows without their rounds (an older benchmark.json) are timed again:
+        # the spread of the rounds decides the claim. An LM's rows are its decoders' (full
+        # depth first).
         reused["benchmark"] = (stored is not None and stored["checkpoint"] == results["checkpoint"]
-                               and all("rounds_bs1" in row for row in stored["rows"]))
+                               and (stored["rows"][0].get("label") == "full depth" or all(
+                                   "rounds_bs1" in row for row in stored["rows"])))
         if reused["benchmark"]:
             benchmark = stored["rows"]
         else:
@@ -261,10 +259,13 @@ def benchmark_run(spec: RunSpec, results: dict[str, Any], rounds: int, round_sec
     checkpoint = read_checkpoint(results["checkpoint"])
     val, test = (evaluation_dataloader(checkpoint["run_config"], {"data_dir": spec.data_dir},
                                        split) for split in ("val", "test"))
+    system = load_system(checkpoint)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the benchmark's default: steadier timings
     try:
-        timings = time_early_exit(load_system(checkpoint), val, test, name=spec.loss,
+        if system.next_token:  # a causal LM: its decoding
+            return decoding_benchmark_run(system, val, test, rounds)
+        timings = time_early_exit(system, val, test, name=spec.loss,
                                   placement=resolve_placement("auto", "32"), max_drop=0.01,
                                   batch_sizes=(1, 64), rounds=rounds, round_seconds=round_seconds)
     finally:
@@ -272,6 +273,41 @@ def benchmark_run(spec: RunSpec, results: dict[str, Any], rounds: int, round_sec
     log.info("%s: L = %d, %d test samples, full-depth test acc %.1f%%", spec.loss,
              timings.num_layers, timings.test_samples, 100 * timings.full_depth_accuracy)
     return timings.rows
+
+
+# An LM's decoding benchmark: the tokens whose exit signals choose the plan (val) and report its
+# acceptance (test), and the greedy decoding timed, as benchmarks/decoding.py's defaults.
+SIGNAL_TOKENS, PROMPTS, PROMPT_LENGTH, NEW_TOKENS, MAX_DRAFT = 4000, 5, 32, 64, 8
+
+
+def decoding_benchmark_run(system, val, test, rounds: int) -> list[dict[str, Any]]:
+    """A causal LM: full depth against lossless self-speculative decoding at the plans chosen
+    on val and Hugging Face's early-exit assistant (``compare_speculative``), batch 1."""
+    from aligned.early_exit.decoding_comparison import compare_speculative
+    from aligned.early_exit.signals import collect_token_signals
+
+    backbone = system.backbone
+
+    def logits_at(layer: int, features: torch.Tensor) -> torch.Tensor:
+        return system.objective.logits_at(layer, features, backbone.head)
+
+    val_signals, test_signals = (collect_token_signals(backbone, loader, logits_at,
+                                                       max_tokens=SIGNAL_TOKENS)
+                                 for loader in (val, test))
+    prompts = []
+    for batch in test:
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            if len(prompts) < PROMPTS and bool(mask[:PROMPT_LENGTH].all()):
+                prompts.append(ids[None, :PROMPT_LENGTH].long())
+    if len(prompts) < PROMPTS:
+        raise ConfigError(f"The test split has {len(prompts)} sequences of {PROMPT_LENGTH} "
+                          f"tokens; the decoding benchmark needs {PROMPTS}.")
+    compared = compare_speculative(backbone, val_signals, test_signals, prompts, NEW_TOKENS,
+                                   rounds, MAX_DRAFT, backbone.model.config.pad_token_id or 0)
+    log.info("decoding: full depth %.1f tokens/s; %s", compared["rows"][0]["tokens_per_s"],
+             "; ".join(f"{row['label']} {row['speedup']:.2f}x" for row in compared["rows"][1:]
+                       if "speedup" in row))
+    return compared["rows"]
 
 
 def objective_parameters(checkpoint_path: str) -> int:
