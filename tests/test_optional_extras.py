@@ -113,4 +113,6 @@ def test_train_and_evaluate_check_extras_before_hydra(script, argv, hidden, mess
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr == f"Error: {message}\n"
+    # one line; other extras of the option may be missing too where only [dev] is installed
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
