@@ -43,15 +43,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from aligned.analysis.cka import MinibatchCKA, linear_cka
 from aligned.analysis.feature_stacks import MIN_SAMPLES_CKA
 from aligned.analysis.measures import MEASURES, cross_similarity
-from aligned.analysis.similarity import (
-    CosAccumulator,
-    MinibatchCKA,
-    cos_similarity,
-    layer_means,
-    linear_cka,
-)
+from aligned.analysis.similarity import CosAccumulator, cos_similarity, layer_means
 from aligned.arguments import int_in, positive_int
 
 sample_count = int_in(MIN_SAMPLES_CKA)  # what CKA needs of a set of samples, or of a batch

@@ -13,8 +13,8 @@ from causal_lm_helpers import save_tiny_lm, vocab_size
 from aligned.config import ConfigError
 from aligned.early_exit.parameter_count import shared_head_saving
 from aligned.models.backbones.hf_decoder import HFDecoder
-from aligned.models.next_token import next_token_pairs
 from aligned.models.objectives import AlignedObjective, MultiExitObjective, StandardObjective
+from aligned.next_token import next_token_pairs
 from aligned.training.metrics import Perplexity, build_metric
 from aligned.training.system import LayerwiseClassifier
 

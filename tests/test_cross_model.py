@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import TINY, compose_evaluate, compose_train
 
+from aligned.analysis.cka import linear_cka
 from aligned.analysis.cross_model_pass import run_cross_model_pass
-from aligned.analysis.similarity import linear_cka
 from aligned.config import ConfigError
 from aligned.evaluation import evaluate, evaluation_dataloader
 from aligned.training.checkpoints import load_system, read_checkpoint

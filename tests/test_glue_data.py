@@ -17,6 +17,7 @@ from data_files import GLUE_FILES, write_glue
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from aligned import hub
 from aligned.config import ConfigError, build
 from aligned.data import glue
 from aligned.data.glue import GlueDataModule, find_task
@@ -252,7 +253,7 @@ def test_hub_reachable_fails_fast_on_a_closed_port(monkeypatch):
         server.bind(("127.0.0.1", 0))
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
         start = time.perf_counter()
-        assert not glue.hub_reachable(timeout=2.0)
+        assert not hub.hub_reachable(timeout=2.0)
     assert time.perf_counter() - start < 3
 
 

@@ -345,7 +345,7 @@ def test_registry_errors_name_the_choices():
 
 def test_registry_cka_options_select_the_estimator():
     a, b = two_models()
-    from aligned.analysis.similarity import linear_cka, minibatch_cka
+    from aligned.analysis.cka import linear_cka, minibatch_cka
 
     assert torch.equal(similarity_matrix("cka", a, b), linear_cka(a, b))
     assert torch.equal(similarity_matrix("cka", a, unbiased=True), linear_cka(a, unbiased=True))

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY, compose_evaluate, compose_train
 from tiny_models import tiny_vit_system, vit_batches
 
-from aligned.analysis import similarity
+from aligned.analysis import cka, similarity
 from aligned.analysis.layerwise_pass import run_layerwise_pass
 from aligned.config import ConfigError
 from aligned.early_exit.inference import EarlyExitClassifier, load_early_exit
@@ -71,8 +71,7 @@ def test_bf16_autocast_wraps_the_model_but_never_the_accumulators(monkeypatch):
         return block(layer, state)
 
     monkeypatch.setattr(system.backbone, "run_block", run_block)
-    for name in ("MinibatchCKA", "CosAccumulator"):
-        accumulator = getattr(similarity, name)
+    for accumulator in (cka.MinibatchCKA, similarity.CosAccumulator):
         update = accumulator.update
 
         def recording(self, features, update=update):

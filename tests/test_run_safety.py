@@ -276,12 +276,12 @@ def test_an_interrupted_evaluation_writes_no_evaluation_json(finished_run, tmp_p
                                                              monkeypatch):
     """Stopped while it writes the figures (evaluation.json comes last, whole or not at all),
     in a directory of its own: what it drew stays, no evaluation.json says it did not finish."""
-    import aligned.evaluation
+    import aligned.evaluation.run
 
     def stopped(*args, **kwargs):
         raise Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(aligned.evaluation, "write_report", stopped)
+    monkeypatch.setattr(aligned.evaluation.run, "write_report", stopped)
     directory = tmp_path / "evaluation"
     code, stderr = run_script("evaluate.py", f"ckpt_path={finished_run}/checkpoints/last.ckpt",
                               *QUICK_EVALUATION, f"hydra.run.dir={directory}")

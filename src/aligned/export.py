@@ -28,6 +28,7 @@ from typing import Any
 from aligned.arguments import output_problem
 from aligned.config import ConfigError, user_message
 from aligned.data.trained_tokenizer import checkpoint_tokenizer
+from aligned.hub import gguf_location
 from aligned.training.checkpoints import load_system, read_checkpoint
 from aligned.training.json_files import write_json
 from aligned.training.system import LayerwiseClassifier
@@ -80,8 +81,6 @@ def save_tokenizer(name_or_path: Any, out: Path) -> None:
     if not isinstance(name_or_path, str):  # a tokenizer itself (trained with the run)
         name_or_path.save_pretrained(out)
         return
-    from aligned.models.backbones.hf_decoder import gguf_location
-
     try:  # a .gguf file (model=smollm2) holds its tokenizer: read it with gguf_file=
         directory, gguf = gguf_location(name_or_path)
         AutoTokenizer.from_pretrained(directory, **gguf).save_pretrained(out)

@@ -12,6 +12,7 @@ are imported by their module names, so that importing this package changes no pl
 """
 
 from aligned.analysis.cca import canonical_similarity, mean_squared_cca, pwcca, svcca
+from aligned.analysis.cka import MinibatchCKA, linear_cka, minibatch_cka, rbf_cka
 from aligned.analysis.covariance import CovarianceAccumulator
 from aligned.analysis.head_statistics import HeadStatistics, head_statistics
 from aligned.analysis.layerwise_pass import LayerwiseOutputs, run_layerwise_pass, summarize
@@ -27,11 +28,7 @@ from aligned.analysis.readouts import (
 )
 from aligned.analysis.similarity import (
     CosAccumulator,
-    MinibatchCKA,
     cos_similarity,
-    linear_cka,
-    minibatch_cka,
-    rbf_cka,
     reduce_tokens,
     sample_cosine,
 )

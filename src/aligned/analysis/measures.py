@@ -25,9 +25,10 @@ from typing import Literal
 import torch
 
 from aligned.analysis.cca import mean_squared_cca, pwcca, svcca
+from aligned.analysis.cka import linear_cka, minibatch_cka, rbf_cka
 from aligned.analysis.mutual_knn import mutual_knn
 from aligned.analysis.procrustes import procrustes_distance
-from aligned.analysis.similarity import cos_similarity, linear_cka, minibatch_cka, rbf_cka
+from aligned.analysis.similarity import cos_similarity
 from aligned.config import ConfigError
 
 

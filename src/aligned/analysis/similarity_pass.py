@@ -25,8 +25,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from aligned.analysis.cka import MIN_SAMPLES_CKA, MinibatchCKA
 from aligned.analysis.measure_pass import ExtraMeasures
-from aligned.analysis.similarity import MIN_SAMPLES_CKA, CosAccumulator, MinibatchCKA
+from aligned.analysis.similarity import CosAccumulator
 from aligned.config import ConfigError
 
 

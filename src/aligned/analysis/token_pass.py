@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from aligned.analysis.cka import MIN_SAMPLES_CKA
 from aligned.analysis.head_statistics import HeadStatistics, head_statistics
 from aligned.analysis.layerwise_pass import consecutive_cosine
 from aligned.analysis.measure_pass import ExtraMeasures
 from aligned.analysis.model_batches import Autocast, model_batches
-from aligned.analysis.similarity import MIN_SAMPLES_CKA
 from aligned.analysis.similarity_pass import SimilarityAccumulators
 from aligned.config import ConfigError, positive_int
 from aligned.training.system import LayerwiseClassifier, unpack

@@ -9,14 +9,10 @@ from __future__ import annotations
 import csv
 import math
 import numbers
-import os
-import socket
-import threading
 from dataclasses import dataclass
 from itertools import accumulate, chain
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 import torch
 from omegaconf import OmegaConf
@@ -26,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling
 from aligned.data.split_loaders import SPLITS, SplitLoaders
+from aligned.hub import hub_reachable, offline_mode
 
 HUB_DATASET = "nyu-mll/glue"
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -223,38 +220,6 @@ def load_hub_examples(task: GlueTask, splits: list[str]) -> dict[str, Examples]:
         second = texts[1] if len(texts) > 1 else None
         examples[split] = Examples(texts[0], second, list(rows["label"]))
     return examples
-
-
-def offline_mode() -> bool:
-    """Whether the environment asks the Hugging Face libraries to stay offline."""
-    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return any(os.environ.get(flag, "").upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub accepts a connection within ``timeout`` seconds.
-
-    Without a network the hub clients retry for 25-45 s before giving up; this answers in at
-    most ``timeout``. The attempt runs in a daemon thread because DNS lookups ignore socket
-    timeouts. Behind a proxy a direct connection proves nothing, so the client is trusted.
-    """
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
-        return True
-    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    outcome: list[bool] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
-            outcome.append(True)
-        except OSError:
-            outcome.append(False)
-
-    attempt = threading.Thread(target=connect, daemon=True)
-    attempt.start()
-    attempt.join(timeout)
-    return outcome == [True]
 
 
 def load_tokenizer(name_or_path: str):

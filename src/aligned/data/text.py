@@ -44,7 +44,8 @@ from aligned.config import ConfigError, positive_int
 from aligned.data.sampling import shuffling, split_fraction
 from aligned.data.split_loaders import SPLITS, SplitLoaders
 from aligned.data.trained_tokenizer import cached_tokenizer, check_vocab_size, serialised
-from aligned.models.next_token import IGNORE
+from aligned.hub import gguf_location, hub_reachable, offline_mode
+from aligned.next_token import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -393,8 +394,6 @@ def bbc_news_files() -> tuple[Path, list[Path]]:
 
 def wikitext_documents() -> dict[str, Documents]:
     """WikiText-103 (raw) rows, from the hub or the local Hugging Face cache."""
-    from aligned.data.glue import hub_reachable, offline_mode
-
     try:
         import datasets
     except ImportError:
@@ -425,8 +424,6 @@ def load_tokenizer(name_or_path: str) -> Any:
     if not name_or_path.endswith(".gguf"):
         return load_directory_tokenizer(name_or_path)
     from transformers import AutoTokenizer
-
-    from aligned.models.backbones.hf_decoder import gguf_location
 
     directory, gguf = gguf_location(name_or_path)
     return AutoTokenizer.from_pretrained(directory, **gguf)

@@ -33,7 +33,7 @@ from aligned.analysis.token_pass import TokenOutputs
 from aligned.config import ConfigError
 from aligned.early_exit.decoding import LogitsAt
 from aligned.models.backbones.hf_decoder import HFDecoder
-from aligned.models.next_token import prediction_mask
+from aligned.next_token import prediction_mask
 from aligned.training.system import LayerwiseClassifier, require_classifier
 
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from aligned.config import ConfigError, TrainingDiverged, build
-from aligned.models.next_token import next_token_pairs
+from aligned.next_token import next_token_pairs
 from aligned.training.metrics import METRIC_KEYS, build_metric, metric_input
 from aligned.training.optim import adamw_with_warmup_cosine
 

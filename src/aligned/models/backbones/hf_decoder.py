@@ -28,6 +28,7 @@ from transformers import (
 from transformers.masking_utils import create_causal_mask
 
 from aligned.config import ConfigError
+from aligned.hub import gguf_location, hub_reachable, offline_mode
 from aligned.models.backbones.base import BlockState, LayerwiseBackbone
 from aligned.models.backbones.compilation import compile_blocks
 from aligned.models.backbones.hf_encoder import indices, pad_tokens
@@ -255,18 +256,6 @@ class HFDecoder(LayerwiseBackbone):
                 )
 
 
-def gguf_location(name_or_path: str) -> tuple[str, dict[str, str]]:
-    """(directory or hub id, extra from_pretrained arguments): a ``.gguf`` file loads from its
-    directory with ``gguf_file=`` (transformers de-quantises it to float32)."""
-    if name_or_path.endswith(".gguf"):
-        path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"GGUF file '{name_or_path}' does not exist; set "
-                              "model.name_or_path to a .gguf file, a model directory or a hub id.")
-        return str(path.parent), {"gguf_file": path.name}
-    return name_or_path, {}
-
-
 def from_architecture(architecture: Mapping[str, Any]) -> nn.Module:
     """A randomly initialised causal LM from a Hugging Face config's keys (``model_type`` picks
     the family: llama, gpt2), seeded by the run's seed as every other module."""
@@ -285,8 +274,6 @@ def from_architecture(architecture: Mapping[str, Any]) -> nn.Module:
 
 
 def _load(name_or_path: str, pretrained: bool) -> nn.Module:
-    from aligned.data.glue import hub_reachable, offline_mode
-
     source, gguf = gguf_location(str(name_or_path))
     local = Path(source).expanduser()
     if (source.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
