@@ -66,3 +66,22 @@ def write_corpus(directory: Path, documents: int = 24, seed: int = 0,
         count = rng.randint(*words)
         path.write_text(" ".join(rng.choice(WORDS) for _ in range(count)) + "\n")
     return directory
+
+
+def random_prompt(length: int, seed: int = 0):
+    """(1, length) ids of ``WORDS`` (no special token), seeded."""
+    import torch
+
+    return torch.randint(3, 28, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def full_depth_greedy(backbone, ids, count: int):
+    """A plain greedy loop over the model's own logits, nothing cached: ``ids`` and the
+    ``count`` new tokens after them."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(count):
+            next_id = backbone.model(ids).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], 1)
+    return ids

@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from causal_lm_helpers import save_tiny_lm
+from causal_lm_helpers import full_depth_greedy, save_tiny_lm
+from causal_lm_helpers import random_prompt as prompt
 
 from aligned.analysis.similarity import sample_cosine
 from aligned.config import ConfigError
@@ -46,19 +47,6 @@ def backbone(request, tmp_path_factory) -> HFDecoder:
                 parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator,
                                                   dtype=parameter.dtype))
     return backbone
-
-
-def prompt(length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, 28, (1, length), generator=torch.Generator().manual_seed(seed))
-
-
-def full_depth_greedy(backbone: HFDecoder, ids: torch.Tensor, count: int) -> torch.Tensor:
-    """A plain greedy loop over the model's own logits, nothing cached."""
-    with torch.no_grad():
-        for _ in range(count):
-            next_id = backbone.model(ids).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, next_id], 1)
-    return ids
 
 
 def reference_decode(backbone: HFDecoder, rule: ExitRule, ids: torch.Tensor, count: int,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from causal_lm_helpers import save_tiny_lm
+from causal_lm_helpers import full_depth_greedy, save_tiny_lm
+from causal_lm_helpers import random_prompt as prompt
 
 from aligned.config import ConfigError
 from aligned.early_exit.speculative import SpeculativeDecoder
@@ -45,26 +46,13 @@ def backbone(request, directory) -> HFDecoder:
     return scaled(backbone, scales)
 
 
-def prompt(length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, 28, (1, length), generator=torch.Generator().manual_seed(seed))
-
-
-def full_depth_greedy(backbone: HFDecoder, ids: torch.Tensor, count: int) -> torch.Tensor:
-    """A plain greedy loop over the model's own logits, nothing cached: the new tokens."""
-    with torch.no_grad():
-        for _ in range(count):
-            next_id = backbone.model(ids).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, next_id], 1)
-    return ids[:, -count:]
-
-
 @pytest.mark.parametrize("exit_layer", [1, 2, 3])
 @pytest.mark.parametrize("draft_tokens", [1, 4])
 def test_tokens_equal_full_depth_greedy(backbone, exit_layer, draft_tokens):
     for seed, length in ((0, 5), (1, 1)):  # a one-token prompt: nothing to prefill
         ids = prompt(length, seed)
         result = SpeculativeDecoder(backbone, exit_layer, draft_tokens).generate(ids, 17)
-        assert result.tokens.tolist() == full_depth_greedy(backbone, ids, 17).tolist()
+        assert result.tokens.tolist() == full_depth_greedy(backbone, ids, 17)[:, -17:].tolist()
         assert result.tokens.shape == (1, 17)
         # every round adds its accepted drafts and layer L's own token
         assert result.accepted + result.verifications == 17

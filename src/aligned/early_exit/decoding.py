@@ -104,6 +104,19 @@ class _Stream:
         return torch.cat([*owed, tokens], 1) if owed else tokens
 
 
+def check_new_tokens(max_new_tokens: int) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
+            max_new_tokens < 0):
+        raise ConfigError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
+
+
+def system_logits(system) -> LogitsAt:
+    """A trained system's next-token logits at a layer: its objective's heads (the shared head,
+    or per-layer ones) over its backbone."""
+    backbone = system.backbone
+    return lambda layer, features: system.objective.logits_at(layer, features, backbone.head)
+
+
 class EarlyExitDecoder:
     """Greedy decoding of an ``HFDecoder`` under ``rule``, block by block with a KV cache.
 
@@ -128,10 +141,7 @@ class EarlyExitDecoder:
     @classmethod
     def from_system(cls, system, rule: ExitRule, kv: str = "recompute") -> EarlyExitDecoder:
         """A trained ``LayerwiseClassifier`` over an ``HFDecoder`` (its objective's heads)."""
-        backbone = system.eval().backbone
-        return cls(backbone, rule, kv,
-                   lambda layer, features: system.objective.logits_at(layer, features,
-                                                                      backbone.head))
+        return cls(system.eval().backbone, rule, kv, system_logits(system))
 
     # -- the public calls --------------------------------------------------------------------
 
@@ -139,10 +149,7 @@ class EarlyExitDecoder:
                  attention_mask: torch.Tensor | None = None) -> Decoded:
         """``max_new_tokens`` greedy tokens after each prompt row (B, P). The prompt but its
         last token runs at full depth; from its last token on, each step exits early."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
-                max_new_tokens < 0):
-            raise ConfigError(f"max_new_tokens must be a whole number >= 0, got "
-                              f"{max_new_tokens!r}.")
+        check_new_tokens(max_new_tokens)
         with torch.inference_mode():
             decoded = self._generate(input_ids, max_new_tokens, attention_mask)
         return Decoded(decoded.tokens.clone(), decoded.exit_layers.clone())  # normal tensors

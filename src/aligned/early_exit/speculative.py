@@ -38,7 +38,7 @@ import torch
 from transformers import DynamicCache
 
 from aligned.config import ConfigError
-from aligned.early_exit.decoding import LogitsAt
+from aligned.early_exit.decoding import LogitsAt, check_new_tokens, system_logits
 from aligned.early_exit.input_checks import check_finite
 from aligned.models.backbones.base import BlockState
 from aligned.models.backbones.hf_decoder import HFDecoder
@@ -103,10 +103,7 @@ class SpeculativeDecoder:
     @classmethod
     def from_system(cls, system, exit_layer: int, draft_tokens: int) -> SpeculativeDecoder:
         """A trained ``LayerwiseClassifier`` over an ``HFDecoder`` (its objective's heads)."""
-        backbone = system.eval().backbone
-        return cls(backbone, exit_layer, draft_tokens,
-                   lambda layer, features: system.objective.logits_at(layer, features,
-                                                                      backbone.head))
+        return cls(system.eval().backbone, exit_layer, draft_tokens, system_logits(system))
 
     # -- the public calls --------------------------------------------------------------------
 
@@ -114,10 +111,7 @@ class SpeculativeDecoder:
                  attention_mask: torch.Tensor | None = None) -> Speculated:
         """``max_new_tokens`` greedy tokens after the prompt (1, P): full-depth greedy
         decoding's tokens. Left padding in ``attention_mask`` is dropped."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
-                max_new_tokens < 0):
-            raise ConfigError(f"max_new_tokens must be a whole number >= 0, got "
-                              f"{max_new_tokens!r}.")
+        check_new_tokens(max_new_tokens)
         with torch.inference_mode():
             state = self.begin(self._prompt(input_ids, attention_mask), max_new_tokens)
             verifications = drafted = accepted = 0

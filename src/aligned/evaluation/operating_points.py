@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from aligned.analysis.layerwise_pass import LayerwiseOutputs
 from aligned.analysis.token_pass import sequence_subset
+from aligned.early_exit.decoding import system_logits
 from aligned.early_exit.inference import EarlyExitClassifier
 from aligned.early_exit.offline import early_exit_summary, measure, simulate
 from aligned.early_exit.rules import make_rule
@@ -56,13 +57,9 @@ def other_split_signals(system: LayerwiseClassifier, loader: Any, max_sequences:
     """The exit signals of the split the analysis did not read (val or test)."""
     if not system.next_token:
         return collect_exit_signals(system, loader, autocast=autocast)
-    backbone = system.backbone
-
-    def logits_at(layer: int, features: torch.Tensor) -> torch.Tensor:  # per-layer heads too
-        return system.objective.logits_at(layer, features, backbone.head)
-
-    with autocast():  # blocks and heads; the statistics widen to float32 themselves
-        return collect_token_signals(backbone, sequence_subset(loader, max_sequences), logits_at)
+    with autocast():  # blocks and heads (per-layer ones too); statistics widen to float32
+        return collect_token_signals(system.backbone, sequence_subset(loader, max_sequences),
+                                     system_logits(system))
 
 
 def run_at_operating_points(

@@ -283,15 +283,12 @@ SIGNAL_TOKENS, PROMPTS, PROMPT_LENGTH, NEW_TOKENS, MAX_DRAFT = 4000, 5, 32, 64, 
 def decoding_benchmark_run(system, val, test, rounds: int) -> list[dict[str, Any]]:
     """A causal LM: full depth against lossless self-speculative decoding at the plans chosen
     on val and Hugging Face's early-exit assistant (``compare_speculative``), batch 1."""
+    from aligned.early_exit.decoding import system_logits
     from aligned.early_exit.decoding_comparison import compare_speculative
     from aligned.early_exit.signals import collect_token_signals
 
     backbone = system.backbone
-
-    def logits_at(layer: int, features: torch.Tensor) -> torch.Tensor:
-        return system.objective.logits_at(layer, features, backbone.head)
-
-    val_signals, test_signals = (collect_token_signals(backbone, loader, logits_at,
+    val_signals, test_signals = (collect_token_signals(backbone, loader, system_logits(system),
                                                        max_tokens=SIGNAL_TOKENS)
                                  for loader in (val, test))
     prompts = []
